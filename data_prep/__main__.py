@@ -1,0 +1,52 @@
+"""``python -m data_prep demo|shards``: build webdataset shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmcontrast.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="generate the shapes demo dataset")
+    demo.add_argument("--out", default="data/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--train-size", type=int, default=24000)
+    demo.add_argument("--retrieval-size", type=int, default=1000)
+    demo.add_argument("--zeroshot-size", type=int, default=1600)
+    demo.add_argument("--workers", type=int, default=2)
+    shards = sub.add_parser("shards", help="CSV/TSV of (image, caption) or a folder of image + .txt → shards")
+    shards.add_argument("--input", required=True, help="captions.csv|.tsv or a folder")
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--max-side", type=int, default=256)
+    shards.add_argument("--quality", type=int, default=90)
+    shards.add_argument("--shard-size", type=int, default=1000)
+    shards.add_argument("--image-col", default="image")
+    shards.add_argument("--caption-col", default="caption")
+    shards.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import build_demo
+            m = build_demo(args.out, seed=args.seed, train_size=args.train_size,
+                           retrieval_size=args.retrieval_size, zeroshot_size=args.zeroshot_size,
+                           workers=args.workers)
+            print(f"demo data in {args.out}: {m['train']['samples']} training pairs, "
+                  f"{m['retrieval']['images']} retrieval images, {m['zeroshot']['images']} zero-shot images")
+        else:
+            from .shards import build_shards
+            m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,
+                             shard_size=args.shard_size, image_col=args.image_col,
+                             caption_col=args.caption_col, workers=args.workers)
+            print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out}; skipped {m['skipped']}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

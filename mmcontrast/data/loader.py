@@ -1,0 +1,209 @@
+"""The webdataset pipeline: shards → batches, split by node and worker, deterministic and resumable.
+
+```
+shard list ─► shuffle (seed, epoch) ─► this rank's and worker's slice ─► tar → samples
+  ─► shuffle buffer ─► decode (bad samples counted by reason, skipped) ─► transform + tokenize
+  ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}
+```
+
+Every random choice is a function of (seed, epoch, slot) or of (seed, epoch, key): the stream of a
+slot (one worker of one rank) never depends on timing, so a run resumed from a recorded position
+sees exactly the batches it would have seen. The loader is not passed through
+``accelerator.prepare`` (which would funnel or double-split it); ranks split shards here.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+import zlib
+from collections import Counter
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from webdataset.tariterators import tarfile_samples
+
+from ..errors import UserError
+from .urls import expand_urls
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXTS = ("txt",)
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(" ".join(map(str, parts)).encode())
+
+
+def _reason(exn: Exception) -> str:
+    if isinstance(exn, (tarfile.ReadError, EOFError, tarfile.HeaderError)) or "truncated" in str(exn).lower():
+        return "truncated_shard"
+    if isinstance(exn, OSError):
+        return "unreadable_shard"
+    return "bad_tar_entry"
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Batches for one rank; inside a DataLoader each worker takes its own slice of shards."""
+
+    def __init__(self, urls: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
+                 seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
+                 caption: str, positions: dict[int, tuple[int, int]], worker_offset: int):
+        super().__init__()
+        self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.rank, self.world_size, self.repeat, self.caption = rank, world_size, repeat, caption
+        self.positions, self.worker_offset = positions, worker_offset
+
+    def _slot(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        local = (wid + self.worker_offset) % nw  # rotated on resume so round-robin order continues
+        return self.rank * nw + local, self.world_size * nw
+
+    def _samples(self, shards: list[str], skipped: Counter) -> Iterator[dict]:
+        def handler(exn: Exception) -> bool:
+            skipped[_reason(exn)] += 1
+            return True
+        yield from tarfile_samples(({"url": u} for u in shards), handler=handler)
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buf: list[dict] = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def _decode(self, sample: dict, skipped: Counter) -> tuple[Image.Image, list[str]] | None:
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None:
+            skipped["missing_image"] += 1
+            return None
+        text = next((sample[e] for e in TEXT_EXTS if e in sample), None)
+        lines = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()] if text else []
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            skipped["missing_caption"] += 1
+            return None
+        try:
+            img = Image.open(io.BytesIO(sample[ext]))
+            img = img.convert("RGB")  # forces the full decode, so truncated data fails here
+        except Exception:
+            skipped["corrupt_image"] += 1
+            return None
+        return img, lines
+
+    def _prepare(self, img: Image.Image, lines: list[str], key: str, epoch: int):
+        # Augmentation and caption choice are seeded by the sample itself: reproducible on resume.
+        s = _seed(self.seed, epoch, key)
+        caption = lines[0] if self.caption == "first" else random.Random(s).choice(lines)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            image = self.transform(img)
+        return image, caption
+
+    def _batch(self, items: list) -> dict:
+        images, captions, keys = zip(*items)
+        return {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
+
+    def __iter__(self):
+        slot, nslots = self._slot()
+        start_epoch, start_batch = self.positions.get(slot, (0, 0))
+        skipped: Counter = Counter()
+        epoch = start_epoch
+        while True:
+            order = list(self.urls)
+            random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
+            shards = order[slot::nslots]
+            rng = random.Random(_seed(self.seed, "samples", epoch, slot))
+            to_skip = start_batch * self.batch_size if epoch == start_epoch else 0
+            batch_index = start_batch if epoch == start_epoch else 0
+            items: list = []
+            for sample in self._shuffled(self._samples(shards, skipped), rng):
+                decoded = self._decode(sample, skipped)
+                if decoded is None:
+                    continue
+                if to_skip:
+                    to_skip -= 1
+                    if to_skip == 0:
+                        skipped.clear()  # what was skipped over is already in the checkpoint's counts
+                    continue
+                items.append((*self._prepare(*decoded, sample["__key__"], epoch), sample["__key__"]))
+                if len(items) == self.batch_size:
+                    batch_index += 1
+                    yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
+                    items = []
+            if not self.repeat:
+                if items:  # evaluation keeps the last partial batch
+                    yield {**self._batch(items), "pos": (slot, epoch, batch_index + 1), "skipped": dict(skipped)}
+                if not items and batch_index == 0:
+                    yield {"pos": (slot, epoch, 0), "skipped": dict(skipped)}  # report counts of an empty slot
+                return
+            # Training drops the partial batch at the end of each pass: every batch is full.
+            epoch += 1
+
+
+class Loader:
+    """Iterates batches; tracks the consumed position and the skipped-sample counts of all workers."""
+
+    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool, consumed: int,
+                 skipped: dict[str, int] | None):
+        self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+        self.consumed = consumed
+        self.positions = dict(stream.positions)
+        self._base_skipped = Counter(skipped or {})
+        self._worker_skipped: dict[int, dict] = {}
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        total = Counter(self._base_skipped)
+        for counts in self._worker_skipped.values():
+            total.update(counts)
+        return dict(total)
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "positions": {str(k): list(v) for k, v in self.positions.items()},
+                "skipped": self.skipped}
+
+    def __iter__(self) -> Iterator[dict]:
+        dl = torch.utils.data.DataLoader(
+            self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        for batch in dl:
+            slot, epoch, index = batch.pop("pos")
+            self._worker_skipped[slot] = batch.pop("skipped")
+            if "image" not in batch:
+                continue
+            self.positions[slot] = (epoch, index)
+            self.consumed += 1
+            yield batch
+
+
+def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable, batch_size: int, *,
+                seed: int = 0, shuffle_buffer: int = 2000, num_workers: int = 0, rank: int = 0,
+                world_size: int = 1, repeat: bool = True, caption: str = "random",
+                pin_memory: bool = False, state: dict | None = None) -> Loader:
+    """A loader over webdataset shards (see the module docstring).
+
+    ``repeat=True`` streams forever (training; each rank runs as many steps as it is asked);
+    ``repeat=False`` makes one pass and keeps the last partial batch (evaluation).
+    ``caption``: ``"random"`` picks one line of ``key.txt`` per sample and epoch, ``"first"`` the first.
+    ``state``: a ``Loader.state_dict()`` to continue from.
+    """
+    shards = expand_urls(urls)
+    workers = max(1, num_workers)
+    if repeat and len(shards) < world_size * workers:
+        raise UserError(f"{len(shards)} shards cannot feed {world_size} process(es) × {workers} worker(s): "
+                        f"write more, smaller shards or use fewer data workers")
+    state = state or {}
+    consumed = int(state.get("consumed", 0))
+    positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
+    stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
+                         repeat, caption, positions, worker_offset=consumed % workers)
+    return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))

@@ -1,0 +1,72 @@
+"""Zero-shot classification (Radford et al. 2021, §3.1.4): class weights from prompt ensembles.
+
+Class weight = mean over its prompts of L2-normalised text embeddings, L2-normalised again;
+``logits = 100 · normalize(image_features) @ W`` as in CLIP_benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Templates = Sequence[str | Callable[[str], str]] | Mapping[str, Sequence[str]]
+
+
+def class_prompts(classnames: Sequence[str], templates: Templates) -> list[list[str]]:
+    """Prompts per class: ``"{c}"`` strings, callables, or a CuPL-style dict classname → prompts."""
+    if isinstance(templates, Mapping):
+        missing = [c for c in classnames if c not in templates]
+        if missing:
+            raise ValueError(f"no prompts for classes {missing[:5]}")
+        return [list(templates[c]) for c in classnames]
+    return [[t(c) if callable(t) else t.format(c=c) for t in templates] for c in classnames]
+
+
+@torch.no_grad()
+def build_class_weights(model, tokenizer, classnames: Sequence[str], templates: Templates,
+                        device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """[D, C] zero-shot classifier weights."""
+    prompts = class_prompts(classnames, templates)
+    flat = [p for ps in prompts for p in ps]
+    feats = []
+    for start in range(0, len(flat), batch_size):
+        tokens = tokenizer(flat[start:start + batch_size]).to(device)
+        feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    feats = torch.cat(feats)
+    weights, start = [], 0
+    for ps in prompts:
+        weights.append(F.normalize(feats[start:start + len(ps)].mean(dim=0), dim=-1))
+        start += len(ps)
+    return torch.stack(weights, dim=1)
+
+
+class ZeroShotClassifier:
+    """Classify PIL images (or preprocessed tensors) into ``classnames`` with any loaded model."""
+
+    def __init__(self, model, tokenizer, preprocess, classnames: Sequence[str], templates: Templates,
+                 device: str | torch.device | None = None, batch_size: int = 64):
+        self.model, self.preprocess, self.classnames = model, preprocess, list(classnames)
+        self.device = device or next(model.parameters()).device
+        self.batch_size = batch_size
+        self.weights = build_class_weights(model, tokenizer, self.classnames, templates, self.device)
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """[N, C] = 100 · normalize(image features) @ W."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            pixels = chunk if isinstance(chunk, torch.Tensor) else torch.stack([self.preprocess(im) for im in chunk])
+            feats = F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1)
+            out.append(100.0 * feats @ self.weights)
+        return torch.cat(out)
+
+    def predict_proba(self, images) -> torch.Tensor:
+        """[N, C] class probabilities (softmax of the logits); rows sum to 1."""
+        return self.logits(images).softmax(dim=-1)
+
+    def predict(self, images) -> list[str]:
+        return [self.classnames[i] for i in self.logits(images).argmax(dim=-1).tolist()]

@@ -1,0 +1,94 @@
+"""Step checkpoints: the full training state, written atomically, the last K kept.
+
+```
+checkpoints/step_0000200/
+  model.safetensors   weights (OpenCLIP key names)
+  optimizer.pt        optimizer state            scheduler.pt   scheduler state
+  rank0.pt ...        per-process RNG states and data position
+  state.json          step, world size — written last; its presence marks the checkpoint complete
+```
+All processes write into ``step_XXXXXXX.tmp``; rank 0 renames it when every rank is done, so a run
+killed mid-write leaves only a ``.tmp`` directory, which resume ignores and the next save replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmcontrast.errors import UserError
+
+STATE = "state.json"
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+                    loader_state: dict, rank: int, world_size: int, barrier: Callable[[], None],
+                    keep: int) -> Path:
+    """Collective: every process calls it; returns the final path."""
+    final = ckpt_dir / f"step_{step:07d}"
+    tmp = ckpt_dir / f"step_{step:07d}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save({"rng": _rng_state(), "loader": loader_state}, tmp / f"rank{rank}.pt")
+    if rank == 0:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    barrier()
+    if rank == 0:
+        (tmp / STATE).write_text(json.dumps({"step": step, "world_size": world_size}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(complete_checkpoints(ckpt_dir))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("step_*") if p.suffix != ".tmp" and (p / STATE).is_file())
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = complete_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int,
+                    world_size: int) -> tuple[int, dict]:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state)."""
+    state = json.loads((path / STATE).read_text())
+    if state["world_size"] != world_size:
+        raise UserError(f"{path} was written by {state['world_size']} processes; resume it with the same "
+                           f"number (got {world_size}) to continue exactly")
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    own = torch.load(path / f"rank{rank}.pt", weights_only=True)
+    _set_rng_state(own["rng"])
+    return state["step"], own["loader"]

@@ -1,0 +1,184 @@
+"""The training configuration: one typed dataclass tree, read from YAML, overridden by ``key.sub=value``.
+
+Unknown keys and values of the wrong type are errors that name the key; the resolved config is
+written into the run directory, so every run says exactly what it ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mmcontrast.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"              # a preset (mmcontrast.PRESETS) or an open_clip architecture
+    pretrained: str = ""            # optional local weights file to start from
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/demo/train"  # shard directory with manifest.json, brace pattern, or "a::b"
+    batch_size: int = 128           # per process; the global batch is batch_size × processes
+    workers: int = 1                # data loader processes per training process
+    shuffle_buffer: int = 2000
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "clip"              # mmcontrast.OBJECTIVES
+    local_loss: bool = True         # b×N logits per rank instead of N×N
+    gather_with_grad: bool = True   # gradients flow to the features of every rank
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1       # on ≥2-D weights only; never on gains, biases or logit_scale
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0          # max global grad norm; 0 disables
+
+
+@dataclass
+class ScheduleConfig:
+    steps: int = 1000               # optimizer steps in the whole run
+    warmup: int = 50                # linear warmup steps, then cosine decay to zero
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 200                # steps between step checkpoints; 0 = only at the end
+    keep: int = 2                   # step checkpoints kept (oldest deleted first)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0                  # steps between held-out evaluations; 0 = only at the end
+    retrieval: str = "data/demo/retrieval"   # CLIP_benchmark webdataset dir; "" to skip
+    zeroshot: str = "data/demo/zeroshot"     # CLIP_benchmark webdataset dir; "" to skip
+    batch_size: int = 256
+
+
+@dataclass
+class LogConfig:
+    every: int = 10                 # steps between metrics.jsonl lines
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    precision: str = "bf16"         # fp32 | bf16 (autocast; works on CPUs) | fp16 (GPU only)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_value(key: str, tp, value):
+    """``value`` converted to type ``tp``, or a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key} expects a list, got {value!r}")
+        return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"config key {key} expects {tp.__name__}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]} (known in this section: {sorted(names)})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(prefix + name, tp, value)
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict, cls, key: str, raw: str) -> None:
+    parts = key.split(".")
+    node, node_cls = tree, cls
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(node_cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "<root>"
+            raise UserError(f"unknown config key {key} (no {part!r} in {where}; known: {sorted(hints)})")
+        tp = hints[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise UserError(f"config key {key} is a section; set one of its keys, e.g. {key}.<name>=...")
+            # Strings stay as typed; everything else is parsed as a YAML scalar or list.
+            node[part] = raw if tp is str else yaml.safe_load(raw)
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise UserError(f"unknown config key {key} ({'.'.join(parts[:i + 1])} is not a section)")
+            node = node.setdefault(part, {})
+            node_cls = tp
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read YAML ``path`` (or the defaults), apply ``key.sub=value`` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {e}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_override(tree, TrainConfig, key.strip(), raw)
+    cfg = _build(TrainConfig, tree)
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"config key precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.data.batch_size < 1 or cfg.schedule.steps < 1:
+        raise UserError("data.batch_size and schedule.steps must be at least 1")
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,87 @@
+"""The run report: ``report.md`` (held-out results beside chance) and ``curves.png`` (loss, recall).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HEADLINE = [
+    ("retrieval", "text_retrieval_recall@1", "image→text R@1"),
+    ("retrieval", "text_retrieval_recall@5", "image→text R@5"),
+    ("retrieval", "text_retrieval_recall@10", "image→text R@10"),
+    ("retrieval", "image_retrieval_recall@1", "text→image R@1"),
+    ("retrieval", "image_retrieval_recall@5", "text→image R@5"),
+    ("retrieval", "image_retrieval_recall@10", "text→image R@10"),
+    ("zeroshot", "acc1", "zero-shot acc1"),
+    ("zeroshot", "acc5", "zero-shot acc5"),
+]
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """(training records, eval records), the last record per step winning (a resumed run rewrites steps)."""
+    train, evals = {}, {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "eval" in rec:
+            evals[rec["step"]] = rec
+        elif "loss" in rec and "skipped_step" not in rec:
+            train[rec["step"]] = rec
+    return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
+
+
+def results_table(result: dict) -> str:
+    lines = ["| metric | held-out (%) | chance (%) | × chance |", "|---|---:|---:|---:|"]
+    for task, key, label in HEADLINE:
+        if task not in result:
+            continue
+        value, chance = result[task]["metrics"][key], result[task]["chance"][key]
+        lines.append(f"| {label} | {100 * value:.2f} | {100 * chance:.2f} | {value / chance:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
+    fig, (ax_loss, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("InfoNCE loss")
+    ax_loss.set_title("training loss")
+    ax_loss.grid(alpha=0.3)
+    for task, key, label in HEADLINE:
+        points = [(r["step"], r["eval"][task][key]) for r in evals if task in r["eval"]]
+        if points and (key.endswith("@1") or key == "acc1"):
+            ax_rec.plot(*zip(*points), marker="o", label=label)
+    ax_rec.set_xlabel("step")
+    ax_rec.set_ylabel("held-out score")
+    ax_rec.set_title("held-out recall@1 and zero-shot accuracy")
+    ax_rec.grid(alpha=0.3)
+    ax_rec.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run: Path, result: dict) -> str:
+    """Write ``report.md`` and ``curves.png`` into ``run``; returns the Markdown table."""
+    run = Path(run)
+    train, evals = read_metrics(run / "metrics.jsonl")
+    plot_curves(train, evals, run / "curves.png")
+    table = results_table(result)
+    last = train[-1] if train else {}
+    lines = [f"# Run report: {run}", "",
+             f"Held-out evaluation after {last.get('step', '?')} steps "
+             f"(final loss {last.get('loss', float('nan')):.3f}, logit scale {last.get('logit_scale', 0):.1f}).", "",
+             table, "![curves](curves.png)", ""]
+    if "retrieval" in result:
+        r = result["retrieval"]
+        lines.insert(4, f"Retrieval set: {r['images']} images, {r['texts']} captions. "
+                        f"Zero-shot set: {result.get('zeroshot', {}).get('n', 0)} images, "
+                        f"{result.get('zeroshot', {}).get('classes', 0)} classes.\n")
+    (run / "report.md").write_text("\n".join(lines))
+    return table
+
