@@ -19,8 +19,8 @@ def evaluate(model, cfg: EvalConfig, device: torch.device) -> dict:
     results = {}
     if cfg.retrieval:
         results["retrieval"] = run_retrieval(model, preprocess, tokenizer, open_wds(cfg.retrieval),
-                                             cfg.batch_size, device)
+                                             cfg.batch_size, device, progress=False)
     if cfg.zeroshot:
         results["zeroshot"] = run_zeroshot(model, preprocess, tokenizer, open_wds(cfg.zeroshot),
-                                           cfg.batch_size, device)
+                                           cfg.batch_size, device, progress=False)
     return results

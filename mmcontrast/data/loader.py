@@ -63,10 +63,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         return self.rank * nw + local, self.world_size * nw
 
     def _samples(self, shards: list[str], skipped: Counter) -> Iterator[dict]:
-        def handler(exn: Exception) -> bool:
-            skipped[_reason(exn)] += 1
-            return True
-        yield from tarfile_samples(({"url": u} for u in shards), handler=handler)
+        for url in shards:
+            shard_errors: set[str] = set()
+
+            def handler(exn: Exception) -> bool:
+                reason = _reason(exn)
+                if reason == "bad_tar_entry":
+                    skipped[reason] += 1
+                elif reason not in shard_errors:  # a broken shard counts once, however it fails
+                    shard_errors.add(reason)
+                    skipped[reason] += 1
+                return True
+
+            yield from tarfile_samples([{"url": url}], handler=handler)
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:

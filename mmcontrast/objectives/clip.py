@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from ..distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 → fp32; fp32 and fp64 unchanged (float64 keeps gradcheck exact)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class ClipLoss:
     """Symmetric InfoNCE over the global batch.
 
@@ -34,10 +39,10 @@ class ClipLoss:
 
     def logits(self, image_features, text_features, logit_scale):
         """(logits_per_image, logits_per_text, labels), in fp32."""
-        image_features, text_features = image_features.float(), text_features.float()
+        image_features, text_features = at_least_fp32(image_features), at_least_fp32(text_features)
         gather = all_gather_with_grad if self.gather_with_grad else all_gather_no_grad
         all_image, all_text = gather(image_features), gather(text_features)
-        scale = logit_scale.float()
+        scale = at_least_fp32(logit_scale)
         b = image_features.shape[0]
         if self.local_loss:
             logits_per_image = scale * image_features @ all_text.T   # [b, N]

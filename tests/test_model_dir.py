@@ -1,0 +1,84 @@
+"""Model directories load in open_clip unchanged; ``mc.load`` agrees with open_clip on every source."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import mmcontrast as mc
+from mmcontrast.errors import UserError
+
+
+def _inputs(preprocess, tokenizer):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)) for _ in range(3)]
+    return torch.stack([preprocess(im) for im in images]), tokenizer(["a red circle", "two blue stars", "x"])
+
+
+def _embed(model, pixels, tokens):
+    with torch.no_grad():
+        return model.encode_image(pixels, normalize=True), model.encode_text(tokens, normalize=True)
+
+
+def test_model_dir_loads_in_open_clip_with_equal_embeddings(tmp_path, tiny):
+    model, _, _ = tiny
+    mc.save_model_dir(model, tmp_path / "final")
+    ours, preprocess, tokenizer = mc.load(tmp_path / "final")
+    ref, ref_preprocess = open_clip.create_model_from_pretrained(f"local-dir:{tmp_path / 'final'}")
+    ref_tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'final'}")
+    pixels, tokens = _inputs(preprocess, tokenizer)
+    ref_pixels, ref_tokens = _inputs(ref_preprocess, ref_tokenizer)
+    assert torch.equal(pixels, ref_pixels) and torch.equal(tokens, ref_tokens)
+    for a, b in zip(_embed(ours, pixels, tokens), _embed(ref.eval(), pixels, tokens)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # and the weights survived the round trip
+    for a, b in zip(_embed(model, pixels, tokens), _embed(ours, pixels, tokens)):
+        assert torch.equal(a, b)
+
+
+def test_saving_replaces_a_directory_atomically(tmp_path, tiny):
+    model, _, _ = tiny
+    mc.save_model_dir(model, tmp_path / "m", meta={"step": 1})
+    mc.save_model_dir(model, tmp_path / "m", meta={"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert '"step": 2' in (tmp_path / "m" / "mmcontrast.json").read_text()
+
+
+def test_openclip_arch_with_local_pretrained_file(tmp_path):
+    ref, _, ref_preprocess = open_clip.create_model_and_transforms("ViT-B-32")
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(weights))
+    ours, preprocess, tokenizer = mc.load("openclip:ViT-B-32", pretrained=str(weights))
+    pixels, tokens = _inputs(preprocess, tokenizer)
+    ref_pixels, _ = _inputs(ref_preprocess, tokenizer)
+    assert torch.equal(pixels, ref_pixels)
+    for a, b in zip(_embed(ours, pixels, tokens), _embed(ref.eval(), pixels, tokens)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_forward_returns_the_output_dict(tiny):
+    model, preprocess, tokenizer = tiny
+    pixels, tokens = _inputs(preprocess, tokenizer)
+    with torch.no_grad():
+        out = model(pixels, tokens)
+    assert set(out) == {"image_features", "text_features", "logit_scale"}
+    assert out["image_features"].shape == (3, 128) and out["text_features"].shape == (3, 128)
+    torch.testing.assert_close(out["image_features"].norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("does/not/exist", "model not found: does/not/exist"),
+    ("openclip:NoSuchArch", "unknown model 'NoSuchArch'"),
+])
+def test_load_errors_name_the_thing(spec, message):
+    with pytest.raises(UserError, match=message):
+        mc.load(spec)
+
+
+def test_missing_pretrained_file():
+    with pytest.raises(UserError, match="pretrained weights file not found: nope.safetensors"):
+        mc.load("openclip:tiny", pretrained="nope.safetensors")

@@ -1,0 +1,72 @@
+"""The trainer: a short run learns; a resumed run ends with the same parameters as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mmcontrast as mc
+from training.config import load_config
+from training.train import train
+
+
+def _cfg(demo, *extra):
+    return load_config("training/configs/tiny.yaml", [
+        f"data.train={demo / 'train'}", "data.batch_size=32", "data.workers=1", "data.shuffle_buffer=200",
+        "schedule.steps=20", "schedule.warmup=2", "optim.lr=2e-3", "log.every=1",
+        "checkpoint.every=5", "eval.every=0", f"eval.retrieval={demo / 'retrieval'}",
+        f"eval.zeroshot={demo / 'zeroshot'}", "eval.batch_size=64", *extra])
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def full_run(small_demo, tmp_path_factory):
+    run = tmp_path_factory.mktemp("full")
+    result = train(_cfg(small_demo), run)
+    return run, result
+
+
+def test_short_run_learns_and_writes_everything(full_run):
+    run, result = full_run
+    losses = _losses(run)
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    for name in ("config.yaml", "metrics.jsonl", "report.md", "curves.png", "final/open_clip_config.json",
+                 "final/open_clip_model.safetensors", "final/mmcontrast.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000015", "step_0000020"]
+    assert set(result) == {"retrieval", "zeroshot"}
+    assert result["retrieval"]["images"] == 120 and result["retrieval"]["texts"] == 600
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "data_wait", "skipped_samples"):
+        assert key in record
+
+
+def test_resume_ends_with_identical_parameters(full_run, small_demo, tmp_path):
+    run, _ = full_run
+    cfg = _cfg(small_demo)
+    train(cfg, tmp_path, stop_after=10)            # "killed" after step 10 (checkpointed at 10)
+    assert not (tmp_path / "final").exists()
+    train(cfg, tmp_path, resume="auto")
+    ref = load_file(str(run / "final" / "open_clip_model.safetensors"))
+    got = load_file(str(tmp_path / "final" / "open_clip_model.safetensors"))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_weight_decay_groups():
+    from training.config import OptimConfig
+    from training.optim import param_groups
+    model = mc.create_model("tiny", seed=0)
+    decay, no_decay = param_groups(model, OptimConfig().weight_decay)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert "logit_scale" in {names[id(p)] for p in no_decay["params"]}
+    assert all(p.ndim < 2 or names[id(p)] == "logit_scale" for p in no_decay["params"])
