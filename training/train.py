@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
         if step % cfg.log.every == 0 or step == last:
             now = time.perf_counter()
             n = step % cfg.log.every or cfg.log.every
-            record = {"step": step, **{k: v.item() for k, v in losses.items()},
+            record = {"step": step, "world_size": world, **{k: v.item() for k, v in losses.items()},
                       "lr": scheduler.get_last_lr()[0], "logit_scale": unwrapped.logit_scale.exp().item(),
                       "grad_norm": grad_norm.item(), "samples_per_s": n * global_batch / (now - t_last),
                       "data_wait": t_wait / (now - t_last), "skipped_samples": loader.skipped}

@@ -1,0 +1,31 @@
+"""The same training command under `accelerate launch` with two real processes (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
+                    reason="accelerate CLI not installed")
+def test_two_process_training(small_demo, tmp_path):
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training",
+           "--config", "training/configs/tiny.yaml", "--output", str(tmp_path),
+           f"data.train={small_demo / 'train'}", "data.batch_size=16", "schedule.steps=4", "log.every=2",
+           "checkpoint.every=2", "eval.every=0", f"eval.retrieval={small_demo / 'retrieval'}",
+           f"eval.zeroshot={small_demo / 'zeroshot'}", "precision=fp32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert [r["world_size"] for r in train] == [2, 2]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "step_0000004").iterdir()) == [
+        "model.safetensors", "optimizer.pt", "rank0.pt", "rank1.pt", "scheduler.pt", "state.json"]
+    assert (tmp_path / "final" / "open_clip_model.safetensors").is_file()
