@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mmcontrast.errors import UserError
+from mmcontrast.errors import run_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="generate the shapes demo dataset")
@@ -28,25 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     shards.add_argument("--caption-col", default="caption")
     shards.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "demo":
-            from .demo import build_demo
-            m = build_demo(args.out, seed=args.seed, train_size=args.train_size,
-                           retrieval_size=args.retrieval_size, zeroshot_size=args.zeroshot_size,
-                           workers=args.workers)
-            print(f"demo data in {args.out}: {m['train']['samples']} training pairs, "
-                  f"{m['retrieval']['images']} retrieval images, {m['zeroshot']['images']} zero-shot images")
-        else:
-            from .shards import build_shards
-            m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,
-                             shard_size=args.shard_size, image_col=args.image_col,
-                             caption_col=args.caption_col, workers=args.workers)
-            print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out}; skipped {m['skipped']}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "demo":
+        from .demo import build_demo
+        m = build_demo(args.out, seed=args.seed, train_size=args.train_size,
+                       retrieval_size=args.retrieval_size, zeroshot_size=args.zeroshot_size,
+                       workers=args.workers)
+        print(f"demo data in {args.out}: {m['train']['samples']} training pairs, "
+              f"{m['retrieval']['images']} retrieval images, {m['zeroshot']['images']} zero-shot images")
+    else:
+        from .shards import build_shards
+        m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,
+                         shard_size=args.shard_size, image_col=args.image_col,
+                         caption_col=args.caption_col, workers=args.workers)
+        print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out}; skipped {m['skipped']}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

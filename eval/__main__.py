@@ -7,12 +7,11 @@ JSON to ``--output`` and a Markdown table beside it (``.md``), and prints the ta
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mmcontrast.errors import UserError
+from mmcontrast.errors import UserError, run_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["zeroshot", "retrieval"])
@@ -24,30 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    try:
-        import mmcontrast as mc
+    import mmcontrast as mc
 
-        from .datasets import open_wds
-        from .report import markdown_table, result_json, result_rows, write_outputs
-        from .retrieval import run_retrieval
-        from .zeroshot import run_zeroshot
+    from .datasets import open_wds
+    from .report import markdown_table, result_json, result_rows, write_outputs
+    from .retrieval import run_retrieval
+    from .zeroshot import run_zeroshot
 
-        ds = open_wds(args.dataset, args.split)
-        expected = "retrieval" if args.task == "retrieval" else "classification"
-        if ds.dataset_type != expected:
-            raise UserError(f"{args.dataset} is a {ds.dataset_type} set; `{args.task}` needs a {expected} set")
-        model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=args.device)
-        run = run_retrieval if args.task == "retrieval" else run_zeroshot
-        result = run(model, preprocess, tokenizer, ds, batch_size=args.batch_size, device=args.device)
-        record = result_json(ds.name, args.model, args.pretrained or "", args.task, result["metrics"])
-        table = markdown_table(result_rows(result), title=f"{args.task} · {ds.name} · {args.model}")
-        write_outputs(args.output, record, table)
-        print(table)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    ds = open_wds(args.dataset, args.split)
+    expected = "retrieval" if args.task == "retrieval" else "classification"
+    if ds.dataset_type != expected:
+        raise UserError(f"{args.dataset} is a {ds.dataset_type} set; `{args.task}` needs a {expected} set")
+    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=args.device)
+    run = run_retrieval if args.task == "retrieval" else run_zeroshot
+    result = run(model, preprocess, tokenizer, ds, batch_size=args.batch_size, device=args.device)
+    record = result_json(ds.name, args.model, args.pretrained or "", args.task, result["metrics"])
+    table = markdown_table(result_rows(result), title=f"{args.task} · {ds.name} · {args.model}")
+    write_outputs(args.output, record, table)
+    print(table)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

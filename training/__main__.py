@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mmcontrast.errors import UserError
+from mmcontrast.errors import run_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("--config", default=None, help="YAML file (training/configs/*.yaml)")
     parser.add_argument("--output", required=True, help="run directory")
@@ -17,17 +16,12 @@ def main(argv: list[str] | None = None) -> int:
                              "or a checkpoint path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=5e-4 data.batch_size=64")
     args = parser.parse_args(argv)
-    try:
-        from .config import load_config
-        from .train import train
+    from .config import load_config
+    from .train import train
 
-        cfg = load_config(args.config, args.overrides)
-        train(cfg, args.output, resume=args.resume)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, args.output, resume=args.resume)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

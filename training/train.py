@@ -7,8 +7,10 @@ precision and DDP; the webdataset loader splits shards by rank itself (never ``p
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,15 +34,26 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop saves a checkpoint at the end of the step and exits."""
+    """Set by SIGTERM/SIGINT; the loop saves a checkpoint at the end of the step and exits.
+
+    A context manager: the previous handlers come back when training returns.
+    """
 
     def __init__(self):
         self.set = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+        self._previous = {}
 
     def _handler(self, signum, frame):
         self.set = True
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def make_accelerator(precision: str) -> Accelerator:
@@ -66,104 +79,148 @@ def build(cfg: TrainConfig):
     return model, tokenizer, train_transform, optimizer, scheduler, objective
 
 
-def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
-          stop_after: int | None = None) -> dict:
-    """Run (or continue) training; returns the final evaluation. ``stop_after`` ends early with a checkpoint."""
-    out = Path(output)
+@dataclass
+class Trainer:
+    """Everything a step needs, set up (and restored from a checkpoint) by ``setup``."""
+    cfg: TrainConfig
+    out: Path
+    accelerator: Accelerator
+    model: torch.nn.Module        # as prepared (DDP-wrapped with several processes)
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: object
+    loader: mc.data.Loader
+    step: int
+
+    def checkpoint(self) -> None:
+        a = self.accelerator
+        save_checkpoint(self.out / "checkpoints", self.step, self.unwrapped, self.optimizer, self.scheduler,
+                        self.loader.state_dict(), a.process_index, a.num_processes, a.wait_for_everyone,
+                        self.cfg.checkpoint.keep)
+
+
+def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     accelerator = make_accelerator(cfg.precision)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if main:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     model, tokenizer, train_transform, optimizer, scheduler, objective = build(cfg)
     step, loader_state = 0, None
-    if resume:
-        ckpt = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume)
-        if ckpt is not None:
-            if not (ckpt / "state.json").is_file():
-                raise UserError(f"not a complete checkpoint: {ckpt}")
-            step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world)
-            accelerator.print(f"resumed from {ckpt} at step {step}")
+    ckpt = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume) if resume else None
+    if ckpt is not None:
+        if not (ckpt / "state.json").is_file():
+            raise UserError(f"not a complete checkpoint: {ckpt}")
+        step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world)
+        accelerator.print(f"resumed from {ckpt} at step {step}")
     else:
         torch.manual_seed(cfg.seed + rank)  # per-rank randomness in the forward pass (dropout, masks)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state)
-    global_batch = cfg.data.batch_size * world
-    stop, last = StopFlag(), min(cfg.schedule.steps, stop_after or cfg.schedule.steps)
-    log = Logger(out / "metrics.jsonl", main)
-    bar = tqdm(total=cfg.schedule.steps, initial=step, disable=not main, desc="train", dynamic_ncols=True)
+    return Trainer(cfg, out, accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler,
+                   objective, loader, step)
 
-    def checkpoint():
-        save_checkpoint(out / "checkpoints", step, unwrapped, optimizer, scheduler, loader.state_dict(),
-                        rank, world, accelerator.wait_for_everyone, cfg.checkpoint.keep)
 
-    bad_steps, t_wait, t_last = 0, 0.0, time.perf_counter()
-    batches = iter(loader)
-    while step < last:
-        # --- data
-        t0 = time.perf_counter()
-        batch = next(batches)
-        image = batch["image"].to(accelerator.device, non_blocking=True)
-        text = batch["text"].to(accelerator.device, non_blocking=True)
-        t_wait += time.perf_counter() - t0
-        # --- forward, backward, step
-        with accelerator.autocast():
-            outputs = model(image, text)
-        losses = objective(**outputs, batch=batch)
-        accelerator.backward(losses["loss"])
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) \
-            if cfg.optim.grad_clip > 0 else torch.tensor(float("nan"))
-        # One small all-reduce agrees across ranks on skipping a non-finite step and on stopping.
-        flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.set)], device=accelerator.device)
-        flags = accelerator.reduce(flags, reduction="sum")
-        if flags[0] > 0:
-            optimizer.zero_grad(set_to_none=True)
-            bad_steps += 1
-            log.write({"step": step, "skipped_step": "non-finite loss", "loss": losses["loss"].item()})
-            if bad_steps >= MAX_BAD_STEPS:
-                raise UserError(f"loss was not finite for {bad_steps} steps in a row at step {step}; "
-                                f"last good checkpoint kept in {out / 'checkpoints'}; lower optim.lr?")
-            continue
-        bad_steps = 0
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        clamp_logit_scale(unwrapped)
-        step += 1
-        bar.update(1)
-        # --- bookkeeping
-        if step % cfg.log.every == 0 or step == last:
-            now = time.perf_counter()
-            n = step % cfg.log.every or cfg.log.every
-            record = {"step": step, "world_size": world, **{k: v.item() for k, v in losses.items()},
-                      "lr": scheduler.get_last_lr()[0], "logit_scale": unwrapped.logit_scale.exp().item(),
-                      "grad_norm": grad_norm.item(), "samples_per_s": n * global_batch / (now - t_last),
-                      "data_wait": t_wait / (now - t_last), "skipped_samples": loader.skipped}
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", scale=f"{record['logit_scale']:.1f}")
-            t_wait, t_last = 0.0, now
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == last or flags[1] > 0:
-            checkpoint()
-        if flags[1] > 0:
-            accelerator.print(f"stopped by signal at step {step}; resume with --resume auto")
-            raise SystemExit(1)
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.schedule.steps:
-            run_eval(cfg, unwrapped, accelerator, log, step)
-            t_last = time.perf_counter()
+def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, torch.Tensor, bool, bool]:
+    """Forward, backward, clip, step. Returns (losses, grad norm, stepped, every rank must stop)."""
+    device = t.accelerator.device
+    image = batch["image"].to(device, non_blocking=True)
+    text = batch["text"].to(device, non_blocking=True)
+    with t.accelerator.autocast():
+        outputs = t.model(image, text)
+    losses = t.objective(**outputs, batch=batch)
+    t.accelerator.backward(losses["loss"])
+    clip = t.cfg.optim.grad_clip
+    grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), clip) if clip > 0 else torch.tensor(math.nan)
+    # One small all-reduce agrees across ranks on skipping a non-finite step and on stopping.
+    flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop_requested)], device=device)
+    flags = t.accelerator.reduce(flags, reduction="sum")
+    finite = flags[0].item() == 0
+    if finite:
+        t.optimizer.step()
+        t.scheduler.step()
+        clamp_logit_scale(t.unwrapped)
+    t.optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm, finite, flags[1].item() > 0
+
+
+def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
+          stop_after: int | None = None) -> dict:
+    """Run (or continue) training; returns the final evaluation. ``stop_after`` ends early with a checkpoint."""
+    t = setup(cfg, Path(output), resume)
+    main, last = t.accelerator.is_main_process, min(cfg.schedule.steps, stop_after or cfg.schedule.steps)
+    log = Logger(t.out / "metrics.jsonl", main)
+    meter = Meter(cfg.data.batch_size * t.accelerator.num_processes)
+    bar = tqdm(total=cfg.schedule.steps, initial=t.step, disable=not main, desc="train", dynamic_ncols=True)
+    bad_steps, batches = 0, iter(t.loader)
+    with StopFlag() as stop:
+        while t.step < last:
+            batch = meter.wait(lambda: next(batches))
+            losses, grad_norm, stepped, must_stop = train_step(t, batch, stop.set)
+            if not stepped:
+                bad_steps += 1
+                log.write({"step": t.step, "skipped_step": "non-finite loss", "loss": losses["loss"].item()})
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise UserError(f"loss was not finite for {bad_steps} steps in a row at step {t.step}; "
+                                    f"last good checkpoint kept in {t.out / 'checkpoints'}; lower optim.lr?")
+                continue
+            bad_steps, t.step = 0, t.step + 1
+            bar.update(1)
+            if t.step % cfg.log.every == 0 or t.step == last:
+                record = meter.record(t, losses, grad_norm)
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", scale=f"{record['logit_scale']:.1f}")
+            if (cfg.checkpoint.every and t.step % cfg.checkpoint.every == 0) or t.step == last or must_stop:
+                t.checkpoint()
+            if must_stop:
+                t.accelerator.print(f"stopped by signal at step {t.step}; continue with --resume auto")
+                raise SystemExit(1)
+            if cfg.eval.every and t.step % cfg.eval.every == 0 and t.step < cfg.schedule.steps:
+                meter.pause(lambda: run_eval(cfg, t.unwrapped, t.accelerator, log, t.step))
     bar.close()
-    if step < cfg.schedule.steps:
+    if t.step < cfg.schedule.steps:
         return {}
     if main:
-        mc.save_model_dir(unwrapped, out / "final", meta={"step": step, "config": to_dict(cfg),
-                                                          "skipped_samples": loader.skipped})
-    result = run_eval(cfg, unwrapped, accelerator, log, step)
+        mc.save_model_dir(t.unwrapped, t.out / "final", meta={"step": t.step, "config": to_dict(cfg),
+                                                              "skipped_samples": t.loader.skipped})
+    result = run_eval(cfg, t.unwrapped, t.accelerator, log, t.step)
     if main:
-        print(write_report(out, result))
-    accelerator.wait_for_everyone()
+        print(write_report(t.out, result))
+    t.accelerator.wait_for_everyone()
     return result
+
+
+class Meter:
+    """Throughput and data-wait fraction between two log lines; time spent in evaluation excluded."""
+
+    def __init__(self, global_batch: int):
+        self.global_batch, self.steps, self.waited, self.since = global_batch, 0, 0.0, time.perf_counter()
+
+    def wait(self, fetch):
+        t0 = time.perf_counter()
+        item = fetch()
+        self.waited += time.perf_counter() - t0
+        self.steps += 1
+        return item
+
+    def pause(self, fn):
+        t0 = time.perf_counter()
+        fn()
+        self.since += time.perf_counter() - t0
+
+    def record(self, t: Trainer, losses: dict, grad_norm: torch.Tensor) -> dict:
+        now = time.perf_counter()
+        elapsed = now - self.since
+        record = {"step": t.step, "world_size": t.accelerator.num_processes,
+                  **{k: v.item() for k, v in losses.items()}, "lr": t.scheduler.get_last_lr()[0],
+                  "logit_scale": t.unwrapped.logit_scale.exp().item(), "grad_norm": grad_norm.item(),
+                  "samples_per_s": self.steps * self.global_batch / elapsed, "data_wait": self.waited / elapsed,
+                  "skipped_samples": t.loader.skipped}
+        self.steps, self.waited, self.since = 0, 0.0, now
+        return record
 
 
 def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", step: int) -> dict:
@@ -174,7 +231,8 @@ def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", s
         model.eval()
         result = evaluate(model, cfg.eval, accelerator.device)
         model.train(was_training)
-        log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
+        if result:
+            log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
     accelerator.wait_for_everyone()
     return result
 
