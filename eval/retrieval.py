@@ -25,7 +25,7 @@ def run_retrieval(model, preprocess, tokenizer, ds: WdsDataset, batch_size: int 
             yield image
 
     image_features = encode_images(model, preprocess, images(), batch_size, device, dtype,
-                                   desc=f"retrieval {ds.name}", progress=progress)
+                                   desc=f"{ds.name}: images", progress=progress)
     text_features = encode_texts(model, tokenizer, texts, batch_size, device, dtype)
     text_to_image = torch.tensor(text_to_image)
     metrics = retrieval_metrics(image_features, text_features, text_to_image, chunk_size=chunk_size)

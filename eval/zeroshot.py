@@ -24,7 +24,7 @@ def run_zeroshot(model, preprocess, tokenizer, ds: WdsDataset, batch_size: int =
             yield image
 
     image_features = encode_images(model, preprocess, images(), batch_size, device, dtype,
-                                   desc=f"zeroshot {ds.name}", progress=progress)
+                                   desc=f"{ds.name}: images", progress=progress)
     weights = build_class_weights(model, tokenizer, ds.classnames, templates or ds.templates, device).cpu()
     logits = 100.0 * image_features @ weights                           # [N, C]
     target = torch.tensor(labels)

@@ -94,3 +94,9 @@ def test_resumed_stream_continues_exactly(small_demo, workers):
         assert got["key"] == ref["key"]
         assert torch.equal(got["image"], ref["image"])
         assert torch.equal(got["text"], ref["text"])
+
+
+def test_stream_without_a_full_batch_stops_with_a_message(broken_shards):
+    loader = mc.make_loader(broken_shards, _transform, _tokenizer, batch_size=50, shuffle_buffer=0)
+    with pytest.raises(UserError, match="gave no full batch of 50 samples"):
+        next(iter(loader))

@@ -108,9 +108,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None
         return img, lines
 
-    def _prepare(self, img: Image.Image, lines: list[str], key: str, epoch: int):
+    def _prepare(self, img: Image.Image, lines: list[str], sample_id: str, epoch: int):
         # Augmentation and caption choice are seeded by the sample itself: reproducible on resume.
-        s = _seed(self.seed, epoch, key)
+        s = _seed(self.seed, epoch, sample_id)
         caption = lines[0] if self.caption == "first" else random.Random(s).choice(lines)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
@@ -143,7 +143,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                     if to_skip == 0:
                         skipped.clear()  # what was skipped over is already in the checkpoint's counts
                     continue
-                items.append((*self._prepare(*decoded, sample["__key__"], epoch), sample["__key__"]))
+                sample_id = f"{sample['__url__']}/{sample['__key__']}"  # keys may repeat across sources
+                items.append((*self._prepare(*decoded, sample_id, epoch), sample["__key__"]))
                 if len(items) == self.batch_size:
                     batch_index += 1
                     yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
@@ -154,6 +155,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                 if not items and batch_index == 0:
                     yield {"pos": (slot, epoch, 0), "skipped": dict(skipped)}  # report counts of an empty slot
                 return
+            if batch_index == 0:  # a pass that yields nothing would loop forever
+                raise UserError(f"one pass over {len(shards)} shard(s) of rank {self.rank} gave no full batch of "
+                                f"{self.batch_size} samples (skipped: {dict(skipped)}); check the shards or "
+                                f"lower the batch size")
             # Training drops the partial batch at the end of each pass: every batch is full.
             epoch += 1
 
