@@ -60,7 +60,8 @@ def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
     ax_rec.set_ylabel("held-out score")
     ax_rec.set_title("held-out recall@1 and zero-shot accuracy")
     ax_rec.grid(alpha=0.3)
-    ax_rec.legend()
+    if ax_rec.lines:
+        ax_rec.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
