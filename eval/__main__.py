@@ -1,46 +1,121 @@
-"""``python -m eval zeroshot|retrieval --model M --dataset wds:DIR --output out.json``.
+"""``[accelerate launch] python -m eval zeroshot|retrieval --model M --dataset D --output out.json``.
 
-M is a model directory or ``openclip:ARCH`` (with ``--pretrained FILE``). Writes CLIP_benchmark-schema
-JSON to ``--output`` and a Markdown table beside it (``.md``), and prints the table.
+M is a model directory or ``openclip:ARCH`` (with ``--pretrained FILE``). D is ``flickr30k``,
+``flickr8k`` or ``mscoco`` with ``--root DIR`` (the annotation file found is reported), or an
+explicit ``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``,
+``imagefolder:DIR``. Writes CLIP_benchmark-schema JSON to ``--output``, a Markdown table beside it
+(``.md``), and an HTML page with sample queries (retrieval) or a per-class bar chart (zero-shot).
+Under ``accelerate launch --num_processes N`` the encoding is split across the processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from mmcontrast.errors import UserError, run_main
 
+TEMPLATE_SETS = ("openai", "simple")
+DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=["zeroshot", "retrieval"])
-    parser.add_argument("--model", required=True, help="model directory or openclip:ARCH")
-    parser.add_argument("--pretrained", default=None, help="weights file for openclip:ARCH")
-    parser.add_argument("--dataset", required=True, help="wds:DIR in CLIP_benchmark's webdataset layout")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True, help="result JSON path")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=["zeroshot", "retrieval"])
+    p.add_argument("--model", required=True, help="model directory or openclip:ARCH")
+    p.add_argument("--pretrained", default=None, help="weights file for openclip:ARCH")
+    p.add_argument("--dataset", required=True, help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH")
+    p.add_argument("--root", default=None, help="folder with the annotation file and the images")
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", required=True, help="result JSON path (.md and .html/.png written beside it)")
+    p.add_argument("--classnames", default=None, help="zero-shot: class names file, one per line")
+    p.add_argument("--templates", default=None,
+                   help="zero-shot: openai (80), simple (7), a file with one {c} template per line, "
+                        "or a CuPL JSON {class: [prompts]}; default: the dataset's own, else openai")
+    p.add_argument("--captions-per-image", type=int, default=0,
+                   help="retrieval: keep only the first K captions of each image (0 = all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "mmcontrast" / "embeddings"),
+                   help="where embeddings are cached; '' disables the cache")
+    return p.parse_args(argv)
+
+
+def choose_templates(spec: str | None, ds):
     import mmcontrast as mc
 
-    from .datasets import open_wds
-    from .report import markdown_table, result_json, result_rows, write_outputs
+    from .readers import read_templates
+    if spec is None:
+        return ds.templates
+    if spec == "openai":
+        return list(mc.templates.OPENAI_IMAGENET)
+    if spec == "simple":
+        return list(mc.templates.SIMPLE)
+    if not Path(spec).is_file():
+        raise UserError(f"--templates {spec}: not {'/'.join(TEMPLATE_SETS)} and no such file")
+    return read_templates(spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+    from accelerate import PartialState
+
+    import mmcontrast as mc
+
+    from .cache import EmbeddingCache, cache_key, file_identity
+    from .datasets import open_dataset
+    from .html import write_retrieval_html
+    from .report import markdown_table, plot_per_class, result_json, result_rows, write_outputs
     from .retrieval import run_retrieval
+    from .sets import ClassificationSet, RetrievalSet
     from .zeroshot import run_zeroshot
 
-    ds = open_wds(args.dataset, args.split)
-    expected = "retrieval" if args.task == "retrieval" else "classification"
-    if ds.dataset_type != expected:
-        raise UserError(f"{args.dataset} is a {ds.dataset_type} set; `{args.task}` needs a {expected} set")
-    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=args.device)
-    run = run_retrieval if args.task == "retrieval" else run_zeroshot
-    result = run(model, preprocess, tokenizer, ds, batch_size=args.batch_size, device=args.device)
+    state = PartialState(cpu=not torch.cuda.is_available())  # N processes under accelerate launch, else one
+    main_process = state.is_main_process
+    log = print if main_process else (lambda *a: None)
+    ds = open_dataset(args.dataset, args.root, args.split, args.classnames, None, log=log)
+    want = RetrievalSet if args.task == "retrieval" else ClassificationSet
+    if not isinstance(ds, want):
+        raise UserError(f"{args.dataset} is a {'retrieval' if isinstance(ds, RetrievalSet) else 'classification'} "
+                        f"set; `{args.task}` needs the other kind")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = state.device
+    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device)
+    dtype = getattr(torch, DTYPES[args.precision]) if DTYPES[args.precision] else None
+    cache = EmbeddingCache(args.cache_dir or None, writer=main_process)
+    model_id = [args.model, file_identity(args.pretrained or args.model) if Path(args.pretrained or args.model).exists()
+                else None, model.preprocess_cfg, args.precision]
+    common = dict(batch_size=args.batch_size, device=device, dtype=dtype, workers=args.workers, cache=cache,
+                  progress=main_process)
+    if args.task == "retrieval":
+        if args.captions_per_image:
+            ds = ds.first_captions(args.captions_per_image)
+        key = cache_key(model_id, file_identity(ds.source), ds.images.fingerprint(), ds.texts)
+        result = run_retrieval(model, preprocess, tokenizer, ds, cache_key=key, **common)
+    else:
+        key = cache_key(model_id, file_identity(ds.source), ds.images.fingerprint())
+        result = run_zeroshot(model, preprocess, tokenizer, ds, templates=choose_templates(args.templates, ds),
+                              cache_key=key, **common)
+    if not main_process:
+        return
+    title = f"{args.task} · {ds.name} · {args.model}"
     record = result_json(ds.name, args.model, args.pretrained or "", args.task, result["metrics"])
-    table = markdown_table(result_rows(result), title=f"{args.task} · {ds.name} · {args.model}")
+    table = markdown_table(result_rows(result), title=title)
     write_outputs(args.output, record, table)
+    out = Path(args.output)
+    if args.task == "retrieval":
+        page = write_retrieval_html(out.with_suffix(".html"), ds, result, title)
+    else:
+        page = plot_per_class(out.with_suffix(".classes.png"), ds.classnames, result["per_class_recall"], title)
+        out.with_suffix(".classes.json").write_text(json.dumps(dict(zip(ds.classnames, result["per_class_recall"]))))
     print(table)
+    print(f"wrote {out}, {out.with_suffix('.md')}, {page}")
 
 
 if __name__ == "__main__":

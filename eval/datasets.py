@@ -1,87 +1,75 @@
-"""Benchmark sets in CLIP_benchmark's webdataset layout (``wds:DIR``).
+"""``--dataset`` specs → benchmark sets, detecting which of the known files a folder holds.
 
-```
-<root>/dataset_type.txt                       "retrieval" | absent = classification
-<root>/classnames.txt                         one class per line
-<root>/zeroshot_classification_templates.txt  one template per line, with {c}
-<root>/<split>/nshards.txt                    number of shards (missing = error, never a silent 1)
-<root>/<split>/0.tar ... <n-1>.tar            keys with .jpg|png|webp and .txt (captions) or .cls (label)
-```
+``flickr30k`` / ``flickr8k`` / ``mscoco`` with ``--root DIR`` look for, in order, the Karpathy
+split JSON, CLIP_benchmark's files, a BLIP/ALBEF list and a CLIP_benchmark webdataset directory,
+and say which one was used. Explicit forms: ``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``,
+``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR`` (image files under ``--root``).
 """
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-from PIL import Image
-from webdataset.tariterators import tarfile_samples
 
 from mmcontrast.errors import UserError
-from mmcontrast.templates import read_lines
 
-IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
-WDS_PREFIX = "wds:"
+from . import readers
+from .sets import ClassificationSet, RetrievalSet
 
-
-@dataclass
-class WdsDataset:
-    root: Path
-    split: str
-    dataset_type: str                   # "classification" | "retrieval"
-    shards: list[str]
-    classnames: list[str] | None = None
-    templates: list[str] | None = None
-
-    @property
-    def name(self) -> str:
-        return self.root.name
+# name → [(relative path, reader kind)] in the order they are tried
+KNOWN = {
+    "flickr30k": [("dataset_flickr30k.json", "karpathy"), ("flickr30k_{split}_karpathy.txt", "flickr-txt"),
+                  ("flickr30k_{split}.json", "blip"), ("wds_flickr30k", "wds"), (".", "wds")],
+    "flickr8k": [("dataset_flickr8k.json", "karpathy"), ("flickr8k_{split}_karpathy.txt", "flickr-txt"),
+                 ("wds_flickr8k", "wds"), (".", "wds")],
+    "mscoco": [("dataset_coco.json", "karpathy"), ("coco_{split}_karpathy.json", "coco"),
+               ("coco_karpathy_{split}.json", "blip"), ("annotations/captions_val2014.json", "coco"),
+               ("captions_val2014.json", "coco"), ("wds_mscoco_captions", "wds"), (".", "wds")],
+}
 
 
-def open_wds(spec: str | Path, split: str = "test") -> WdsDataset:
-    """Open ``wds:DIR`` (or ``DIR``) and check its layout; errors name what is missing."""
-    root = Path(str(spec)[len(WDS_PREFIX):] if str(spec).startswith(WDS_PREFIX) else spec)
-    if not root.is_dir():
-        raise UserError(f"dataset not found: {root}")
-    nshards_file = root / split / "nshards.txt"
-    if not nshards_file.is_file():
-        raise UserError(f"{nshards_file} is missing: CLIP_benchmark webdataset layout needs it")
-    n = int(nshards_file.read_text().strip())
-    shards = [str(root / split / f"{i}.tar") for i in range(n)]
-    missing = [s for s in shards if not Path(s).is_file()]
-    if missing:
-        raise UserError(f"shard not found: {missing[0]} (nshards.txt says {n})")
-    type_file = root / "dataset_type.txt"
-    dataset_type = type_file.read_text().strip() if type_file.is_file() else "classification"
-    ds = WdsDataset(root, split, dataset_type, shards)
-    if dataset_type == "classification":
-        for name in ("classnames.txt", "zeroshot_classification_templates.txt"):
-            if not (root / name).is_file():
-                raise UserError(f"{root / name} is missing: a classification set needs it")
-        ds.classnames = read_lines(root / "classnames.txt")
-        ds.templates = read_lines(root / "zeroshot_classification_templates.txt")
+def _exists(path: Path, kind: str, split: str) -> bool:
+    return (path / split / "nshards.txt").is_file() if kind == "wds" else path.is_file()
+
+
+def open_dataset(spec: str, root: str | Path | None = None, split: str = "test",
+                 classnames: str | None = None, templates: str | None = None,
+                 log=print) -> RetrievalSet | ClassificationSet:
+    """The set named by ``spec``; ``log`` is told which file was used."""
+    kind, _, arg = spec.partition(":")
+    if kind in KNOWN and not arg:
+        if root is None:
+            raise UserError(f"--dataset {spec} needs --root DIR (the folder with the annotations and images)")
+        root = Path(root)
+        tried = []
+        for rel, fmt in KNOWN[kind]:
+            path = root / rel.format(split=split)
+            if _exists(path, fmt, split):
+                log(f"{spec}: using {path} ({fmt})")
+                return _read(fmt, path, root, split, classnames, templates, name=kind)
+            tried.append(str(path / split / "nshards.txt") if fmt == "wds" else str(path))
+        raise UserError(f"no {spec} annotations under {root}; looked for: {', '.join(tried)}")
+    if kind in ("wds", "karpathy", "coco", "flickr-txt", "blip", "imagefolder") and arg:
+        return _read(kind, Path(arg), Path(root) if root else Path(arg).parent, split, classnames, templates)
+    raise UserError(f"unknown dataset {spec!r}: use flickr30k|flickr8k|mscoco with --root, or "
+                    f"wds:DIR, karpathy:FILE, coco:FILE, flickr-txt:FILE, blip:FILE, imagefolder:DIR")
+
+
+def _read(fmt, path, root, split, classnames, templates, name=None):
+    if fmt == "wds":
+        ds = readers.read_wds(path, split)
+        if isinstance(ds, ClassificationSet) and (classnames or templates):
+            names, prompts = readers.class_files(path, classnames, templates)
+            ds.classnames, ds.templates = names, prompts
+    elif fmt == "karpathy":
+        ds = readers.read_karpathy(path, root, split)
+    elif fmt == "coco":
+        ds = readers.read_coco_captions(path, root)
+    elif fmt == "flickr-txt":
+        ds = readers.read_flickr_txt(path, root)
+    elif fmt == "blip":
+        ds = readers.read_blip(path, root)
+    else:
+        ds = readers.read_imagefolder(path, classnames, templates)
+    if name:
+        ds.name = name
     return ds
-
-
-def iter_samples(ds: WdsDataset) -> Iterator[tuple[str, Image.Image, object]]:
-    """(key, RGB image, captions list | int label) in shard order; a bad sample is an error."""
-    for sample in tarfile_samples({"url": u} for u in ds.shards):
-        ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        key = sample["__key__"]
-        if ext is None:
-            raise UserError(f"{sample['__url__']}: sample {key} has no image")
-        try:
-            image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
-        except Exception as e:
-            raise UserError(f"{sample['__url__']}: image of sample {key} cannot be decoded ({e})") from None
-        if ds.dataset_type == "retrieval":
-            if "txt" not in sample:
-                raise UserError(f"{sample['__url__']}: sample {key} has no .txt captions")
-            target = [c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()]
-        else:
-            if "cls" not in sample:
-                raise UserError(f"{sample['__url__']}: sample {key} has no .cls label")
-            target = int(sample["cls"].decode().strip())
-        yield key, image, target

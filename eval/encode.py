@@ -1,51 +1,74 @@
-"""Encoding a benchmark set: batched, no gradient, optional autocast, with a progress bar."""
+"""Encoding benchmark images and texts: batched, no gradient, split across processes, progress bar."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
+
+from .distributed import gather_rows, my_indices, rank_and_world
+from .sets import FileImages, WdsImages
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+class _Preprocessed(torch.utils.data.Dataset):
+    def __init__(self, images: FileImages, indices: list[int], preprocess: Callable):
+        self.images, self.indices, self.preprocess = images, indices, preprocess
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        return self.preprocess(self.images.image(self.indices[j]))
+
+
+def _batches(images, indices, preprocess, batch_size, workers):
+    if isinstance(images, WdsImages):  # a stream: read in order in this process
+        batch = []
+        for _, im in images.iter_images(indices):
+            batch.append(preprocess(im))
+            if len(batch) == batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
+    else:
+        yield from torch.utils.data.DataLoader(_Preprocessed(images, indices, preprocess), batch_size=batch_size,
+                                               num_workers=workers)
 
 
 @torch.no_grad()
-def encode_images(model, preprocess: Callable, images: Iterable[Image.Image], batch_size: int,
-                  device: torch.device, dtype: torch.dtype | None = None, total: int | None = None,
+def encode_images(model, preprocess: Callable, images: FileImages | WdsImages, batch_size: int,
+                  device: torch.device, dtype: torch.dtype | None = None, workers: int = 0,
                   desc: str = "images", progress: bool = True) -> torch.Tensor:
-    """[N, D] L2-normalised image features in fp32."""
-    feats, batch = [], []
-
-    def flush():
-        pixels = torch.stack(batch).to(device)
-        with _autocast(device, dtype):
-            feats.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
-        batch.clear()
-
-    for img in tqdm(images, total=total, desc=desc, disable=not progress, leave=False):
-        batch.append(preprocess(img))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    return torch.cat(feats)
+    """[N, D] L2-normalised image features in fp32, identical on every process."""
+    indices = my_indices(len(images))
+    feats = []
+    show = progress and rank_and_world()[0] == 0
+    with tqdm(total=len(indices), desc=desc, disable=not show, leave=False) as bar:
+        for pixels in _batches(images, indices, preprocess, batch_size, workers):
+            with _autocast(device, dtype):
+                feats.append(F.normalize(model.encode_image(pixels.to(device)).float(), dim=-1).cpu())
+            bar.update(len(pixels))
+    local = torch.cat(feats) if feats else torch.empty(0, 0)
+    return gather_rows(local, len(images))
 
 
 @torch.no_grad()
 def encode_texts(model, tokenizer: Callable, texts: list[str], batch_size: int, device: torch.device,
                  dtype: torch.dtype | None = None) -> torch.Tensor:
-    """[T, D] L2-normalised text features in fp32."""
+    """[T, D] L2-normalised text features in fp32, identical on every process."""
+    indices = my_indices(len(texts))
     feats = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start:start + batch_size]).to(device)
+    for start in range(0, len(indices), batch_size):
+        tokens = tokenizer([texts[i] for i in indices[start:start + batch_size]]).to(device)
         with _autocast(device, dtype):
             feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
-    return torch.cat(feats)
+    local = torch.cat(feats) if feats else torch.empty(0, 0)
+    return gather_rows(local, len(texts))

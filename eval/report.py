@@ -40,3 +40,25 @@ def write_outputs(output: str | Path, record: dict, table: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2))
     output.with_suffix(".md").write_text(table)
+
+
+def plot_per_class(path: str | Path, classnames: list[str], recall: list[float], title: str) -> Path:
+    """A horizontal bar chart of per-class recall (accuracy), worst classes at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(classnames)), key=lambda c: (math.isnan(recall[c]), recall[c]))
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(classnames) + 1)))
+    ax.barh([classnames[c] for c in order], [0 if math.isnan(recall[c]) else 100 * recall[c] for c in order],
+            color="#3b7dd8")
+    ax.invert_yaxis()
+    ax.set_xlabel("per-class recall (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

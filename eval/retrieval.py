@@ -6,28 +6,48 @@ import torch
 
 from mmcontrast.metrics import chance_metrics, retrieval_metrics
 
-from .datasets import WdsDataset, iter_samples
+from .cache import EmbeddingCache
 from .encode import encode_images, encode_texts
+from .sets import RetrievalSet
+
+N_EXAMPLES = 8  # sample queries shown in the HTML report, each way
 
 
-def run_retrieval(model, preprocess, tokenizer, ds: WdsDataset, batch_size: int = 256,
+def _examples(image_features, text_features, text_to_image, k: int = 5) -> dict:
+    """Top-k results of evenly spaced sample queries, for the report."""
+    n_img, n_txt = image_features.shape[0], text_features.shape[0]
+    img_q = torch.linspace(0, n_img - 1, min(N_EXAMPLES, n_img)).long().unique()
+    txt_q = torch.linspace(0, n_txt - 1, min(N_EXAMPLES, n_txt)).long().unique()
+    i2t = (image_features[img_q] @ text_features.T).topk(min(k, n_txt), dim=1).indices
+    t2i = (text_features[txt_q] @ image_features.T).topk(min(k, n_img), dim=1).indices
+    return {"image_queries": [{"query": int(q), "results": r.tolist(),
+                               "hits": [int(text_to_image[t]) == int(q) for t in r]} for q, r in zip(img_q, i2t)],
+            "text_queries": [{"query": int(q), "results": r.tolist(),
+                              "hits": [int(i) == int(text_to_image[q]) for i in r]} for q, r in zip(txt_q, t2i)]}
+
+
+def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: int = 256,
                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  chunk_size: int = 1024, progress: bool = True) -> dict:
-    """{"metrics": CLIP_benchmark names + mean_recall + rsum, "chance": ..., "images": I, "texts": T}."""
+                  chunk_size: int = 1024, workers: int = 0, cache: EmbeddingCache | None = None,
+                  cache_key: str = "", progress: bool = True) -> dict:
+    """{"metrics": CLIP_benchmark names + mean_recall + rsum, "chance", "images", "texts", "examples"}."""
     device = torch.device(device)
-    texts: list[str] = []
-    text_to_image: list[int] = []
+    cache = cache or EmbeddingCache(None)
+    texts = ds.texts
 
     def images():
-        for i, (_, image, captions) in enumerate(iter_samples(ds)):
-            texts.extend(captions)
-            text_to_image.extend([i] * len(captions))
-            yield image
+        return encode_images(model, preprocess, ds.images, batch_size, device, dtype, workers,
+                             desc=f"{ds.name}: images", progress=progress)
 
-    image_features = encode_images(model, preprocess, images(), batch_size, device, dtype,
-                                   desc=f"{ds.name}: images", progress=progress)
-    text_features = encode_texts(model, tokenizer, texts, batch_size, device, dtype)
-    text_to_image = torch.tensor(text_to_image)
+    def captions():
+        return encode_texts(model, tokenizer, texts, batch_size, device, dtype)
+
+    if cache_key:
+        image_features = cache.get_or_compute(f"{cache_key}-images", images)
+        text_features = cache.get_or_compute(f"{cache_key}-texts", captions)
+    else:
+        image_features, text_features = images(), captions()
+    text_to_image = torch.tensor(ds.text_to_image)
     metrics = retrieval_metrics(image_features, text_features, text_to_image, chunk_size=chunk_size)
-    return {"metrics": metrics, "chance": chance_metrics(text_to_image, image_features.shape[0]),
-            "images": image_features.shape[0], "texts": len(texts)}
+    return {"metrics": metrics, "chance": chance_metrics(text_to_image, len(ds)), "images": len(ds),
+            "texts": len(texts), "examples": _examples(image_features, text_features, text_to_image)}

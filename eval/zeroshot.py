@@ -1,4 +1,4 @@
-"""Zero-shot classification on a benchmark set, metrics as CLIP_benchmark defines them."""
+"""Zero-shot classification on a benchmark set, with metrics as CLIP_benchmark defines them."""
 
 from __future__ import annotations
 
@@ -7,31 +7,31 @@ import torch
 from mmcontrast.metrics import classification_metrics
 from mmcontrast.zeroshot import build_class_weights
 
-from .datasets import WdsDataset, iter_samples
+from .cache import EmbeddingCache
 from .encode import encode_images
+from .sets import ClassificationSet
 
 
-def run_zeroshot(model, preprocess, tokenizer, ds: WdsDataset, batch_size: int = 256,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 templates: list[str] | None = None, progress: bool = True) -> dict:
-    """{"metrics": {acc1, acc5, mean_per_class_recall}, "chance": ..., "per_class_recall": [...], "n": N}."""
+def run_zeroshot(model, preprocess, tokenizer, ds: ClassificationSet, batch_size: int = 256,
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, templates=None,
+                 workers: int = 0, cache: EmbeddingCache | None = None, cache_key: str = "",
+                 progress: bool = True) -> dict:
+    """{"metrics", "chance", "per_class_recall", "n", "classes", "predictions"}."""
     device = torch.device(device)
-    labels: list[int] = []
 
-    def images():
-        for _, image, label in iter_samples(ds):
-            labels.append(label)
-            yield image
+    def encode():
+        return encode_images(model, preprocess, ds.images, batch_size, device, dtype, workers,
+                             desc=f"{ds.name}: images", progress=progress)
 
-    image_features = encode_images(model, preprocess, images(), batch_size, device, dtype,
-                                   desc=f"{ds.name}: images", progress=progress)
+    cache = cache or EmbeddingCache(None)
+    image_features = cache.get_or_compute(f"{cache_key}-images", encode) if cache_key else encode()
     weights = build_class_weights(model, tokenizer, ds.classnames, templates or ds.templates, device).cpu()
     logits = 100.0 * image_features @ weights                           # [N, C]
-    target = torch.tensor(labels)
+    target = torch.tensor(ds.labels)
     pred = logits.argmax(dim=1)
     per_class = [(pred[target == c] == c).float().mean().item() if (target == c).any() else float("nan")
                  for c in range(len(ds.classnames))]
     n_classes = len(ds.classnames)
     chance = {"acc1": 1 / n_classes, "acc5": min(1.0, 5 / n_classes), "mean_per_class_recall": 1 / n_classes}
-    return {"metrics": classification_metrics(logits, target), "chance": chance,
-            "per_class_recall": per_class, "n": len(labels), "classes": n_classes}
+    return {"metrics": classification_metrics(logits, target), "chance": chance, "per_class_recall": per_class,
+            "n": len(ds), "classes": n_classes, "predictions": pred.tolist()}

@@ -30,6 +30,20 @@ def small_demo(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def real_retrieval(tmp_path_factory):
+    """{format: annotation path} of the real-photo retrieval fixture (images under the same root)."""
+    from .real_images import build_retrieval_fixture
+    return build_retrieval_fixture(tmp_path_factory.mktemp("real"))
+
+
+@pytest.fixture(scope="session")
+def real_classification(tmp_path_factory):
+    """{digits|lfw}_{folder|wds} → path of the real classification sets."""
+    from .real_images import build_classification_fixture
+    return build_classification_fixture(tmp_path_factory.mktemp("real_cls"))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

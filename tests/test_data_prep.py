@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_prep import shapes
 from data_prep.shards import build_shards
-from eval.datasets import iter_samples, open_wds
+from eval.readers import read_wds
 
 
 def test_samples_are_a_pure_function_of_seed_and_index():
@@ -28,14 +28,11 @@ def test_samples_are_a_pure_function_of_seed_and_index():
 def test_demo_layout(small_demo):
     manifest = json.loads((small_demo / "train" / "manifest.json").read_text())
     assert manifest["total"] == 2048 and [s["count"] for s in manifest["shards"]] == [256] * 8
-    retrieval = open_wds(f"wds:{small_demo / 'retrieval'}")
-    assert retrieval.dataset_type == "retrieval"
-    samples = list(iter_samples(retrieval))
-    assert len(samples) == 120 and all(len(captions) == 5 for _, _, captions in samples)
-    zeroshot = open_wds(small_demo / "zeroshot")
+    retrieval = read_wds(f"wds:{small_demo / 'retrieval'}")
+    assert len(retrieval) == 120 and all(len(captions) == 5 for captions in retrieval.captions)
+    zeroshot = read_wds(small_demo / "zeroshot")
     assert zeroshot.classnames == shapes.CLASSNAMES and "{c}" in zeroshot.templates[0]
-    labels = [label for _, _, label in iter_samples(zeroshot)]
-    assert len(labels) == 160 and max(labels) < 64
+    assert len(zeroshot.labels) == 160 and max(zeroshot.labels) < 64
 
 
 def test_demo_build_is_deterministic(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import mmcontrast as mc
-from eval.datasets import open_wds
+from eval.readers import read_wds
 from eval.retrieval import run_retrieval
 from eval.zeroshot import run_zeroshot
 
@@ -18,9 +18,9 @@ def evaluate(model, cfg: EvalConfig, device: torch.device) -> dict:
     tokenizer = mc.make_tokenizer(model.model_cfg)
     results = {}
     if cfg.retrieval:
-        results["retrieval"] = run_retrieval(model, preprocess, tokenizer, open_wds(cfg.retrieval),
+        results["retrieval"] = run_retrieval(model, preprocess, tokenizer, read_wds(cfg.retrieval),
                                              cfg.batch_size, device, progress=False)
     if cfg.zeroshot:
-        results["zeroshot"] = run_zeroshot(model, preprocess, tokenizer, open_wds(cfg.zeroshot),
+        results["zeroshot"] = run_zeroshot(model, preprocess, tokenizer, read_wds(cfg.zeroshot),
                                            cfg.batch_size, device, progress=False)
     return results

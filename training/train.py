@@ -224,16 +224,13 @@ class Meter:
 
 
 def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", step: int) -> dict:
-    """Held-out evaluation on the main process; the others wait."""
-    result = {}
-    if accelerator.is_main_process:
-        was_training = model.training
-        model.eval()
-        result = evaluate(model, cfg.eval, accelerator.device)
-        model.train(was_training)
-        if result:
-            log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
-    accelerator.wait_for_everyone()
+    """Held-out evaluation; every process encodes its share and all get the same result."""
+    was_training = model.training
+    model.eval()
+    result = evaluate(model, cfg.eval, accelerator.device)
+    model.train(was_training)
+    if result:
+        log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
     return result
 
 
