@@ -36,6 +36,8 @@ def parse_args(argv):
                         "or a CuPL JSON {class: [prompts]}; default: the dataset's own, else openai")
     p.add_argument("--captions-per-image", type=int, default=0,
                    help="retrieval: keep only the first K captions of each image (0 = all)")
+    p.add_argument("--backend", choices=["torch", "faiss-flat", "faiss-hnsw"], default="torch",
+                   help="retrieval: exact chunked torch (default), faiss exact, or faiss HNSW (approximate)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--precision", choices=list(DTYPES), default="fp32")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.captions_per_image:
             ds = ds.first_captions(args.captions_per_image)
         key = cache_key(model_id, file_identity(ds.source), ds.images.fingerprint(), ds.texts)
-        result = run_retrieval(model, preprocess, tokenizer, ds, cache_key=key, **common)
+        result = run_retrieval(model, preprocess, tokenizer, ds, cache_key=key, backend=args.backend, **common)
     else:
         key = cache_key(model_id, file_identity(ds.source), ds.images.fingerprint())
         result = run_zeroshot(model, preprocess, tokenizer, ds, templates=choose_templates(args.templates, ds),
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     if not main_process:
         return
     title = f"{args.task} · {ds.name} · {args.model}"
+    if result["metrics"].get("approximate"):
+        title += " · APPROXIMATE (faiss HNSW)"
     record = result_json(ds.name, args.model, args.pretrained or "", args.task, result["metrics"])
     table = markdown_table(result_rows(result), title=title)
     write_outputs(args.output, record, table)

@@ -39,6 +39,8 @@ def write_retrieval_html(path: str | Path, ds: RetrievalSet, result: dict, title
              f"<p>{result['images']} images, {result['texts']} captions. Source: {html.escape(ds.source)}</p>",
              "<table><tr><th>metric</th><th>value (%)</th><th>chance (%)</th></tr>"]
     for k, v in result["metrics"].items():
+        if k == "approximate":
+            continue
         chance = result["chance"].get(k)
         parts.append(f"<tr><td>{k}</td><td>{100 * v:.2f}</td><td>{'' if chance is None else f'{100 * chance:.2f}'}"
                      f"</td></tr>")

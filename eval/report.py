@@ -31,7 +31,7 @@ def markdown_table(rows: list[tuple[str, float, float | None]], title: str = "")
 
 def result_rows(result: dict) -> list[tuple[str, float, float | None]]:
     chance = result.get("chance", {})
-    return [(k, v, chance.get(k)) for k, v in result["metrics"].items() if k != "rsum"]
+    return [(k, v, chance.get(k)) for k, v in result["metrics"].items() if k not in ("rsum", "approximate")]
 
 
 def write_outputs(output: str | Path, record: dict, table: str) -> None:

@@ -1,4 +1,8 @@
-"""Image–text retrieval on a benchmark set: every caption kept, exact chunked recall@K."""
+"""Image–text retrieval on a benchmark set: every caption kept, exact chunked recall@K.
+
+Backends: ``torch`` (exact, chunked, the stable tie rule), ``faiss-flat`` (exact scores, faiss's
+order among exact ties), ``faiss-hnsw`` (approximate; the metrics carry ``"approximate": 1.0``).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def _examples(image_features, text_features, text_to_image, k: int = 5) -> dict:
 def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: int = 256,
                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   chunk_size: int = 1024, workers: int = 0, cache: EmbeddingCache | None = None,
-                  cache_key: str = "", progress: bool = True) -> dict:
+                  cache_key: str = "", progress: bool = True, backend: str = "torch") -> dict:
     """{"metrics": CLIP_benchmark names + mean_recall + rsum, "chance", "images", "texts", "examples"}."""
     device = torch.device(device)
     cache = cache or EmbeddingCache(None)
@@ -48,6 +52,13 @@ def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: in
     else:
         image_features, text_features = images(), captions()
     text_to_image = torch.tensor(ds.text_to_image)
-    metrics = retrieval_metrics(image_features, text_features, text_to_image, chunk_size=chunk_size)
+    if backend == "torch":
+        metrics = retrieval_metrics(image_features, text_features, text_to_image, chunk_size=chunk_size)
+    elif backend in ("faiss-flat", "faiss-hnsw"):
+        from mmcontrast.metrics.faiss_retrieval import faiss_retrieval_metrics
+        metrics = faiss_retrieval_metrics(image_features, text_features, text_to_image,
+                                          index=backend.removeprefix("faiss-"))
+    else:
+        raise ValueError(f"unknown retrieval backend {backend!r}: torch, faiss-flat or faiss-hnsw")
     return {"metrics": metrics, "chance": chance_metrics(text_to_image, len(ds)), "images": len(ds),
             "texts": len(texts), "examples": _examples(image_features, text_features, text_to_image)}

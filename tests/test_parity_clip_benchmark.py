@@ -64,3 +64,13 @@ def test_zeroshot_equals_clip_benchmark(tiny, real_classification, name):
         assert ours["acc5"] == pytest.approx((top5 == target[:, None]).any(1).float().mean().item(), abs=1e-6)
     assert ours["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(target, logits.argmax(1)),
                                                           abs=1e-6)
+
+
+def test_faiss_flat_backend_equals_torch_on_real_photos(tiny, real_retrieval):
+    model, preprocess, tokenizer = tiny
+    ds = read_wds(real_retrieval["wds"])
+    exact = run_retrieval(model, preprocess, tokenizer, ds, batch_size=8, progress=False)["metrics"]
+    flat = run_retrieval(model, preprocess, tokenizer, ds, batch_size=8, progress=False, backend="faiss-flat")
+    assert flat["metrics"].pop("approximate") == 0.0
+    for k, v in exact.items():
+        assert flat["metrics"][k] == pytest.approx(v, abs=1e-4), k

@@ -17,7 +17,10 @@ KS = (1, 5, 10)
 
 
 def _first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """[Q, G] scores, [Q, G] bool positives → [Q] rank of each query's best positive (stable)."""
+    """[Q, G] scores, [Q, G] bool positives → [Q] rank of each query's best positive (stable).
+
+    The reference form, on dense masks; ``_ranks_from_positive_lists`` computes the same faster.
+    """
     gallery = torch.arange(scores.shape[1], device=scores.device)
     masked = scores.masked_fill(~positive, float("-inf"))
     best = masked.max(dim=1, keepdim=True).values                          # [Q, 1]
@@ -27,22 +30,52 @@ def _first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.
     return before.sum(dim=1)
 
 
+def _ranks_from_positive_lists(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """[Q, G] scores and [Q, P] gallery indices of each query's positives (−1 = padding) → [Q] ranks.
+
+    Two passes over the scores (">" and "==") instead of six: the best positive is found among the
+    P gathered scores, and exact ties — rare with real embeddings — are resolved only where they occur.
+    """
+    n_gallery = scores.shape[1]
+    valid = positives >= 0
+    pos_scores = scores.gather(1, positives.clamp(min=0)).masked_fill(~valid, float("-inf"))   # [Q, P]
+    best = pos_scores.max(dim=1, keepdim=True).values                                       # [Q, 1]
+    first = torch.where(valid & (pos_scores == best), positives, n_gallery).min(dim=1, keepdim=True).values
+    ranks = (scores > best).sum(dim=1)
+    ties = (scores == best).sum(dim=1)                         # includes the best positive itself
+    tied_rows = (ties > 1).nonzero().flatten()
+    if tied_rows.numel():
+        gallery = torch.arange(n_gallery, device=scores.device)
+        earlier = (scores[tied_rows] == best[tied_rows]) & (gallery < first[tied_rows])
+        ranks[tied_rows] += earlier.sum(dim=1)
+    ranks[~valid.any(dim=1)] = n_gallery                       # a query without positives never hits
+    return ranks
+
+
+def _positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
+    """[I, P] caption indices of every image, padded with −1 (P = most captions of one image)."""
+    counts = torch.bincount(text_to_image, minlength=n_images)
+    width = max(1, int(counts.max().item()) if counts.numel() else 1)
+    order = torch.argsort(text_to_image, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(text_to_image.numel(), device=text_to_image.device) - starts[text_to_image[order]]
+    out = torch.full((n_images, width), -1, dtype=torch.long, device=text_to_image.device)
+    out[text_to_image[order], slot] = order
+    return out
+
+
 def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor,
                     text_to_image: torch.Tensor, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """(text→image ranks [T], image→text ranks [I]) of the best positive, 0 = first."""
-    text_to_image = text_to_image.to(image_features.device)
+    text_to_image = text_to_image.to(image_features.device).long()
     n_images = image_features.shape[0]
-    image_ids = torch.arange(n_images, device=image_features.device)
-    t2i = []
-    for start in range(0, text_features.shape[0], chunk_size):
-        scores = text_features[start:start + chunk_size] @ image_features.T          # [c, I]
-        positive = text_to_image[start:start + chunk_size, None] == image_ids[None]
-        t2i.append(_first_positive_rank(scores, positive))
-    i2t = []
-    for start in range(0, n_images, chunk_size):
-        scores = image_features[start:start + chunk_size] @ text_features.T          # [c, T]
-        positive = image_ids[start:start + chunk_size, None] == text_to_image[None]
-        i2t.append(_first_positive_rank(scores, positive))
+    t2i = [_ranks_from_positive_lists(text_features[s:s + chunk_size] @ image_features.T,   # [c, I]
+                                      text_to_image[s:s + chunk_size, None])
+           for s in range(0, text_features.shape[0], chunk_size)]
+    captions_of = _positive_lists(text_to_image, n_images)
+    i2t = [_ranks_from_positive_lists(image_features[s:s + chunk_size] @ text_features.T,   # [c, T]
+                                      captions_of[s:s + chunk_size])
+           for s in range(0, n_images, chunk_size)]
     return torch.cat(t2i), torch.cat(i2t)
 
 
