@@ -42,7 +42,8 @@ def write_retrieval_html(path: str | Path, ds: RetrievalSet, result: dict, title
         if k == "approximate":
             continue
         chance = result["chance"].get(k)
-        parts.append(f"<tr><td>{k}</td><td>{100 * v:.2f}</td><td>{'' if chance is None else f'{100 * chance:.2f}'}"
+        value = v if k == "rsum" else 100 * v  # rsum is already a sum of percentages
+        parts.append(f"<tr><td>{k}</td><td>{value:.2f}</td><td>{'' if chance is None else f'{100 * chance:.2f}'}"
                      f"</td></tr>")
     parts.append("</table><h2>Image → text: top-5 captions</h2>")
     for q in ex["image_queries"]:
