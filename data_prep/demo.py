@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import shapes
-from .writer import ShardWriter, write_json, write_shard
+from .writer import ShardWriter, write_benchmark, write_json
 
 TRAIN, RETRIEVAL, ZEROSHOT = 0, 1, 2  # generator streams: the splits never share an image
 
@@ -39,16 +39,6 @@ def _bench_sample(args) -> dict:
     else:
         sample["cls"] = str(s["label"])
     return sample
-
-
-def _write_benchmark(root: Path, samples: list[dict], per_shard: int) -> int:
-    split = root / "test"
-    split.mkdir(parents=True, exist_ok=True)
-    chunks = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)]
-    for n, chunk in enumerate(chunks):
-        write_shard(split / f"{n}.tar", chunk)
-    (split / "nshards.txt").write_text(f"{len(chunks)}\n")
-    return len(chunks)
 
 
 def build_demo(out: str | Path, seed: int = 0, train_size: int = 24000, retrieval_size: int = 1000,
@@ -73,12 +63,9 @@ def build_demo(out: str | Path, seed: int = 0, train_size: int = 24000, retrieva
                               total=retrieval_size, desc="retrieval"))
         zeroshot = list(tqdm(pool.imap(_bench_sample, [(seed, ZEROSHOT, i, 1) for i in range(zeroshot_size)],
                                        chunksize=64), total=zeroshot_size, desc="zeroshot"))
-    _write_benchmark(out / "retrieval", retrieval, shard_size)
-    (out / "retrieval" / "dataset_type.txt").write_text("retrieval\n")
-    _write_benchmark(out / "zeroshot", zeroshot, shard_size)
-    (out / "zeroshot" / "classnames.txt").write_text("\n".join(shapes.CLASSNAMES) + "\n")
-    (out / "zeroshot" / "zeroshot_classification_templates.txt").write_text(
-        "\n".join(shapes.ZEROSHOT_TEMPLATES) + "\n")
+    write_benchmark(out / "retrieval", retrieval, shard_size, dataset_type="retrieval")
+    write_benchmark(out / "zeroshot", zeroshot, shard_size, classnames=shapes.CLASSNAMES,
+                    templates=shapes.ZEROSHOT_TEMPLATES)
     manifest = {
         "options": options,
         "train": {"path": "train", "samples": train["total"], "shards": len(train["shards"])},

@@ -70,3 +70,23 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+def write_benchmark(root: Path, samples: list[dict], per_shard: int, dataset_type: str | None = None,
+                    classnames: list[str] | None = None, templates: list[str] | None = None,
+                    split: str = "test") -> Path:
+    """A set in CLIP_benchmark's webdataset layout: ``root/split/{0..n-1}.tar``, ``nshards.txt``, and the
+    optional ``dataset_type.txt``, ``classnames.txt`` and ``zeroshot_classification_templates.txt``."""
+    folder = Path(root) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)]
+    for n, chunk in enumerate(chunks):
+        write_shard(folder / f"{n}.tar", chunk)
+    (folder / "nshards.txt").write_text(f"{len(chunks)}\n")
+    if dataset_type:
+        (Path(root) / "dataset_type.txt").write_text(dataset_type + "\n")
+    if classnames is not None:
+        (Path(root) / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    if templates is not None:
+        (Path(root) / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    return Path(root)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_prep.writer import write_shard
+from data_prep.writer import write_benchmark
 
 CAPTIONS = {
     "astronaut": ["an astronaut in a white space suit posing in front of a flag",
@@ -110,24 +110,8 @@ def build_retrieval_fixture(root: Path) -> dict[str, Path]:
     paths["flickr_txt"].write_text("\n".join(txt) + "\n")
     paths["blip"].write_text(json.dumps(blip))
     samples = [{"__key__": f"s{i:07d}", "jpg": data[n], "txt": "\n".join(CAPTIONS[n])} for i, n in enumerate(names)]
-    write_wds(paths["wds"], samples, "retrieval", per_shard=8)
+    write_benchmark(paths["wds"], samples, 8, dataset_type="retrieval")
     return paths
-
-
-def write_wds(root: Path, samples: list[dict], dataset_type: str | None, per_shard: int,
-              classnames: list[str] | None = None, templates: list[str] | None = None) -> Path:
-    split = root / "test"
-    split.mkdir(parents=True, exist_ok=True)
-    chunks = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)]
-    for n, chunk in enumerate(chunks):
-        write_shard(split / f"{n}.tar", chunk)
-    (split / "nshards.txt").write_text(f"{len(chunks)}\n")
-    if dataset_type:
-        (root / "dataset_type.txt").write_text(dataset_type + "\n")
-    if classnames:
-        (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
-        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
-    return root
 
 
 def build_classification_fixture(root: Path) -> dict[str, Path]:
@@ -163,5 +147,6 @@ def build_classification_fixture(root: Path) -> dict[str, Path]:
         order = sorted(range(len(labels)), key=lambda i: (labels[i], i))
         samples = [{"__key__": f"s{j:07d}", "png": pngs[i], "cls": str(labels[i])} for j, i in enumerate(order)]
         out[f"{name}_folder"] = folder
-        out[f"{name}_wds"] = write_wds(root / f"wds_{name}", samples, None, 64, classnames, templates)
+        out[f"{name}_wds"] = write_benchmark(root / f"wds_{name}", samples, 64, classnames=classnames,
+                                             templates=templates)
     return out
