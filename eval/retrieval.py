@@ -22,8 +22,9 @@ def _examples(image_features, text_features, text_to_image, k: int = 5) -> dict:
     n_img, n_txt = image_features.shape[0], text_features.shape[0]
     img_q = torch.linspace(0, n_img - 1, min(N_EXAMPLES, n_img)).long().unique()
     txt_q = torch.linspace(0, n_txt - 1, min(N_EXAMPLES, n_txt)).long().unique()
-    i2t = (image_features[img_q] @ text_features.T).topk(min(k, n_txt), dim=1).indices
-    t2i = (text_features[txt_q] @ image_features.T).topk(min(k, n_img), dim=1).indices
+    # a stable sort, so tied results appear in the order the metrics rank them
+    i2t = torch.sort(-(image_features[img_q] @ text_features.T), dim=1, stable=True).indices[:, :k]
+    t2i = torch.sort(-(text_features[txt_q] @ image_features.T), dim=1, stable=True).indices[:, :k]
     return {"image_queries": [{"query": int(q), "results": r.tolist(),
                                "hits": [int(text_to_image[t]) == int(q) for t in r]} for q, r in zip(img_q, i2t)],
             "text_queries": [{"query": int(q), "results": r.tolist(),
