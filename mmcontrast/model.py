@@ -34,13 +34,18 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None) -> torch.nn
     return model
 
 
-def create_model(name: str, seed: int | None = None, **cfg_overrides) -> torch.nn.Module:
+def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0,
+                 **cfg_overrides) -> torch.nn.Module:
     """A named preset (``tiny``) or open_clip architecture, randomly initialised.
 
-    ``cfg_overrides`` replace top-level ``model_cfg`` keys; ``seed`` makes the init reproducible.
+    ``patch_dropout``: FLIP (Li et al. 2023) — the fraction of image patches dropped in training mode
+    (none in eval mode). ``cfg_overrides`` replace top-level ``model_cfg`` keys; ``seed`` makes the
+    init reproducible.
     """
     model_cfg = get_model_cfg(name)
     model_cfg.update(cfg_overrides)
+    if patch_dropout:
+        model_cfg["vision_cfg"]["patch_dropout"] = patch_dropout
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

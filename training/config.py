@@ -20,6 +20,12 @@ from mmcontrast.errors import UserError
 class ModelConfig:
     name: str = "tiny"              # a preset (mmcontrast.PRESETS) or an open_clip architecture
     pretrained: str = ""            # optional local weights file to start from
+    lock_image: bool = False        # LiT: freeze the image tower (eval mode, out of the optimizer)
+    lock_image_unlocked_groups: int = 0   # ...except its last N layer groups
+    lock_text: bool = False         # freeze the text tower
+    lock_text_unlocked_layers: int = 0    # ...except its last N layers
+    patch_dropout: float = 0.0      # FLIP: fraction of image patches dropped in training, none at eval
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
 
 
 @dataclass

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import mmcontrast as mc
 from mmcontrast.errors import UserError
+from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.objectives import clamp_logit_scale
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -65,11 +66,15 @@ def make_accelerator(precision: str) -> Accelerator:
 
 def build(cfg: TrainConfig):
     """Model (seeded init), tokenizer, train transform, optimizer, scheduler, objective."""
-    model = mc.create_model(cfg.model.name, seed=cfg.seed)
+    model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout)
     if cfg.model.pretrained:
         if not Path(cfg.model.pretrained).is_file():
             raise UserError(f"model.pretrained file not found: {cfg.model.pretrained}")
         load_open_clip_weights(model, cfg.model.pretrained, strict=True, weights_only=True)
+    lock_towers(model, cfg.model.lock_image, cfg.model.lock_image_unlocked_groups, cfg.model.lock_text,
+                cfg.model.lock_text_unlocked_layers)
+    set_train_mode(model, True)
+    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
     train_transform, _ = mc.make_transforms(model.preprocess_cfg, {"scale": tuple(cfg.data.crop_scale)})
     tokenizer = mc.make_tokenizer(model.model_cfg)
     optimizer = make_optimizer(model, cfg.optim)
@@ -228,7 +233,7 @@ def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", s
     was_training = model.training
     model.eval()
     result = evaluate(model, cfg.eval, accelerator.device)
-    model.train(was_training)
+    set_train_mode(model, was_training)
     if result:
         log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
     return result

@@ -1,0 +1,74 @@
+"""LiT locking, FLIP patch dropout and gradient checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmcontrast as mc
+from mmcontrast.locking import lock_towers, set_train_mode
+from training.train import setup, train_step
+
+from .test_train import _cfg
+
+
+def _batch(n=6):
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(n, 3, 64, 64, generator=g), "text": torch.randint(1, 49000, (n, 32), generator=g)}
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_locked_tower_is_frozen_in_eval_mode_and_out_of_the_optimizer(small_demo, tmp_path, tower):
+    t = setup(_cfg(small_demo, f"model.lock_{tower}=true", "precision=fp32"), tmp_path, None)
+    locked = t.unwrapped.visual if tower == "image" else t.unwrapped.transformer
+    other = t.unwrapped.transformer if tower == "image" else t.unwrapped.visual
+    before = {k: v.clone() for k, v in t.unwrapped.state_dict().items()}
+    optimized = {id(p) for group in t.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimized for p in locked.parameters())
+    assert all(id(p) in optimized for p in other.parameters())
+    for _ in range(2):
+        train_step(t, _batch(), stop_requested=False)
+    assert not locked.training and other.training
+    after = t.unwrapped.state_dict()
+    text_keys = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
+    frozen_keys = ("visual.",) if tower == "image" else text_keys
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and not [k for k in changed if k.startswith(frozen_keys)]       # bit-identical
+    assert any(k.startswith(text_keys if tower == "image" else ("visual.",)) for k in changed)
+
+
+def test_train_mode_keeps_locked_towers_in_eval():
+    model = mc.create_model("tiny", seed=0)
+    lock_towers(model, image=True)
+    set_train_mode(model, True)
+    assert model.training and model.transformer.training and not model.visual.training
+    lock_towers(model, image=True, image_unlocked_groups=1)
+    set_train_mode(model, True)
+    assert model.visual.training  # a partly unlocked tower trains normally
+
+
+def test_patch_dropout_only_in_training():
+    plain = mc.create_model("tiny", seed=0)
+    flip = mc.create_model("tiny", seed=0, patch_dropout=0.5)
+    flip.load_state_dict(plain.state_dict())
+    x = _batch()["image"]
+    with torch.no_grad():
+        flip.train()
+        a, b = flip.encode_image(x), flip.encode_image(x)
+        assert not torch.allclose(a, b)  # different patches dropped on each call
+        flip.eval()
+        plain.eval()
+        torch.testing.assert_close(flip.encode_image(x), plain.encode_image(x))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = mc.create_model("tiny", seed=0).train()
+        model.set_grad_checkpointing(checkpointing)
+        batch = _batch()
+        loss = mc.make_objective("clip")(**model(batch["image"], batch["text"]))["loss"]
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
