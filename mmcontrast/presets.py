@@ -7,6 +7,7 @@ loads in open_clip unchanged. Any open_clip architecture name (``ViT-B-32``, ...
 from __future__ import annotations
 
 import copy
+import math
 
 import open_clip
 
@@ -20,16 +21,28 @@ TINY = {
                  "layers": 4},
 }
 
-# The demo images are small renders, not ImageNet photos: ImageNet statistics still work and keep
-# the model loadable by any CLIP tool that assumes them.
+# The common architectures, as open_clip defines them.
+COMMON = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-B-16-SigLIP", "convnext_base", "RN50"]
+
+
+def _open_clip_preset(name: str) -> dict:
+    cfg = open_clip.get_model_config(name)
+    if "init_logit_bias" in cfg:
+        # SigLIP (Zhai et al. 2023) starts at s = 10, b = −10. open_clip's SigLIP configs set only the
+        # bias; its trainer sets the scale from a flag, so the model alone would start at 1/0.07.
+        cfg.setdefault("init_logit_scale", math.log(10))
+    return cfg
+
+
 PRESETS: dict[str, dict] = {
     "tiny": TINY,
+    **{name: _open_clip_preset(name) for name in COMMON},
 }
 
 
 def list_presets() -> list[str]:
     """Our presets first, then every open_clip architecture."""
-    return list(PRESETS) + open_clip.list_models()
+    return list(PRESETS) + [name for name in open_clip.list_models() if name not in PRESETS]
 
 
 def get_model_cfg(name: str) -> dict:
