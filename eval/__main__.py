@@ -1,6 +1,6 @@
 """``[accelerate launch] python -m eval zeroshot|retrieval --model M --dataset D --output out.json``.
 
-M is a model directory or ``openclip:ARCH`` (with ``--pretrained FILE``). D is ``flickr30k``,
+M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:DIR`` (transformers). D is ``flickr30k``,
 ``flickr8k`` or ``mscoco`` with ``--root DIR`` (the annotation file found is reported), or an
 explicit ``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``,
 ``imagefolder:DIR``. Writes CLIP_benchmark-schema JSON to ``--output``, a Markdown table beside it
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device)
     dtype = getattr(torch, DTYPES[args.precision]) if DTYPES[args.precision] else None
     cache = EmbeddingCache(args.cache_dir or None, writer=main_process)
-    model_id = [args.model, file_identity(args.pretrained or args.model) if Path(args.pretrained or args.model).exists()
-                else None, model.preprocess_cfg, args.precision]
+    weights = Path(args.pretrained or args.model.removeprefix("hf:"))
+    model_id = [args.model, file_identity(weights) if weights.exists() else None, model.preprocess_cfg, args.precision]
     common = dict(batch_size=args.batch_size, device=device, dtype=dtype, workers=args.workers, cache=cache,
                   progress=main_process)
     if args.task == "retrieval":

@@ -1,7 +1,8 @@
 """``mc.load``: one entry point for every model source, one interface out.
 
-Sources: a model directory written here (or by open_clip), and ``openclip:ARCH`` with a local
-``pretrained`` weights file (``.safetensors``, or ``.bin``/``.pt`` read with ``weights_only=True``).
+Sources: a model directory written here (or by open_clip), ``openclip:ARCH`` with a local
+``pretrained`` weights file (``.safetensors``, or ``.bin``/``.pt`` read with ``weights_only=True``),
+and ``hf:DIR`` — a transformers CLIP or SigLIP directory (``mmcontrast.hf``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from .tokenizer import make_tokenizer
 from .transforms import make_transforms
 
 OPENCLIP_PREFIX = "openclip:"
+HF_PREFIX = "hf:"
 
 
 def load(spec: str | os.PathLike, pretrained: str | None = None, device: str | torch.device = "cpu"):
     """(model, preprocess, tokenizer) for a model directory or ``openclip:ARCH``; model in eval mode."""
     spec = str(spec)
+    if spec.startswith(HF_PREFIX):
+        if pretrained is not None:
+            raise UserError("--pretrained is only for openclip:ARCH models; hf:DIR holds its own weights")
+        from .hf import load_hf
+        model, preprocess, tokenizer = load_hf(spec[len(HF_PREFIX):])
+        return model.to(device), preprocess, tokenizer
     if spec.startswith(OPENCLIP_PREFIX):
         arch = spec[len(OPENCLIP_PREFIX):]
         try:

@@ -1,0 +1,85 @@
+"""``mc.load("hf:DIR")`` equals transformers on small CLIP and SigLIP models saved inside the test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, SiglipConfig, SiglipModel
+
+import mmcontrast as mc
+from mmcontrast.errors import UserError
+
+TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
+def _clip_tokenizer_files(folder):
+    """The real CLIP BPE vocabulary (shipped inside open_clip) as a transformers CLIPTokenizer."""
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # the HF spelling
+    (folder / "vocab.json").write_text(json.dumps({names.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def hf_dir(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    text = dict(TOWER, vocab_size=49408, max_position_embeddings=77 if request.param == "clip" else 32)
+    vision = dict(TOWER, image_size=32, patch_size=8)
+    if request.param == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=48))
+    else:
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    model.save_pretrained(folder)
+    tokenizer = _clip_tokenizer_files(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder, model.eval(), tokenizer, text["max_position_embeddings"]
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def test_embeddings_equal_transformers(hf_dir):
+    folder, ref, ref_tokenizer, context = hf_dir
+    model, preprocess, tokenizer = mc.load(f"hf:{folder}")
+    texts = ["a photo of a cat", "two dogs on a beach", "x"]
+    pixels = torch.stack([preprocess(im) for im in _images()])
+    ref_pixels = CLIPImageProcessor.from_pretrained(folder)(images=_images(), return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixels, ref_pixels)
+    ids = ref_tokenizer(texts, padding="max_length", max_length=context, truncation=True, return_tensors="pt")
+    assert torch.equal(tokenizer(texts), ids["input_ids"])
+    with torch.no_grad():
+        ours_img, ours_txt = model.encode_image(pixels), model.encode_text(tokenizer(texts))
+        ref_img = ref.get_image_features(pixel_values=ref_pixels)
+        ref_txt = ref.get_text_features(input_ids=ids["input_ids"])
+    ref_img = ref_img if isinstance(ref_img, torch.Tensor) else ref_img.pooler_output
+    ref_txt = ref_txt if isinstance(ref_txt, torch.Tensor) else ref_txt.pooler_output
+    torch.testing.assert_close(ours_img, ref_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours_txt, ref_txt, atol=1e-5, rtol=0)
+
+
+def test_hf_model_works_with_the_zero_shot_classifier(hf_dir):
+    folder, *_ = hf_dir
+    model, preprocess, tokenizer = mc.load(f"hf:{folder}")
+    clf = mc.ZeroShotClassifier(model, tokenizer, preprocess, ["cat", "dog", "car"], mc.templates.SIMPLE)
+    proba = clf.predict_proba(_images())
+    assert proba.shape == (3, 3)
+    torch.testing.assert_close(proba.sum(1), torch.ones(3))
+    with torch.no_grad():
+        out = model(torch.stack([preprocess(im) for im in _images()]), tokenizer(["a", "b", "c"]))
+    assert ("logit_bias" in out) == (folder.name.startswith("siglip"))
+
+
+def test_not_a_transformers_directory(tmp_path):
+    with pytest.raises(UserError, match="config.json is missing"):
+        mc.load(f"hf:{tmp_path}")
