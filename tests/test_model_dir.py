@@ -82,3 +82,14 @@ def test_load_errors_name_the_thing(spec, message):
 def test_missing_pretrained_file():
     with pytest.raises(UserError, match="pretrained weights file not found: nope.safetensors"):
         mc.load("openclip:tiny", pretrained="nope.safetensors")
+
+
+def test_custom_text_clip_model_dir_equals_open_clip(tmp_path):
+    model = mc.create_model("tiny", seed=1, custom_text=True).eval()
+    assert type(model).__name__ == "CustomTextCLIP"
+    mc.save_model_dir(model, tmp_path / "custom")
+    ours, preprocess, tokenizer = mc.load(tmp_path / "custom")
+    ref, _ = open_clip.create_model_from_pretrained(f"local-dir:{tmp_path / 'custom'}")
+    pixels, tokens = _inputs(preprocess, tokenizer)
+    for a, b in zip(_embed(ours, pixels, tokens), _embed(ref.eval(), pixels, tokens)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
