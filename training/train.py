@@ -74,7 +74,8 @@ def build(cfg: TrainConfig):
     lock_towers(model, cfg.model.lock_image, cfg.model.lock_image_unlocked_groups, cfg.model.lock_text,
                 cfg.model.lock_text_unlocked_layers)
     set_train_mode(model, True)
-    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     train_transform, _ = mc.make_transforms(model.preprocess_cfg, {"scale": tuple(cfg.data.crop_scale)})
     tokenizer = mc.make_tokenizer(model.model_cfg)
     optimizer = make_optimizer(model, cfg.optim)
