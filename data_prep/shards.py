@@ -80,10 +80,10 @@ def build_shards(input_path: str | Path, out: str | Path, max_side: int = 256, q
             skipped["missing_caption"] += 1
         else:
             todo.append((img, " ".join(cap.split())))
-    captions = dict(todo)
     with Pool(workers) as pool:
         results = pool.imap(_encode, [(img, max_side, quality) for img, _ in todo], chunksize=16)
-        for n, (path, data, size) in enumerate(tqdm(results, total=len(todo), desc="shards")):
+        for n, ((_, caption), (path, data, size)) in enumerate(zip(todo, tqdm(results, total=len(todo),
+                                                                                 desc="shards"))):
             if data is None:
                 skipped["missing_image"] += 1
                 continue
@@ -91,6 +91,6 @@ def build_shards(input_path: str | Path, out: str | Path, max_side: int = 256, q
                 skipped["unreadable_image"] += 1
                 continue
             meta = {"source": path, "original_size": list(size)}
-            writer.write({"__key__": f"{n:09d}", "jpg": data, "txt": captions[path], "json": json.dumps(meta)})
+            writer.write({"__key__": f"{n:09d}", "jpg": data, "txt": caption, "json": json.dumps(meta)})
     options = dict(max_side=max_side, quality=quality, shard_size=shard_size)
     return writer.close(source=str(src), options=options, skipped=dict(skipped))

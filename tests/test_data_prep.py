@@ -65,8 +65,9 @@ def test_csv_to_shards_skips_and_counts(tmp_path):
         w.writerow(["broken.jpg", "a broken file"])
         w.writerow(["missing.jpg", "a file that is not there"])
         w.writerow([paths[0].name, "  "])
+        w.writerow([paths[1].name, "the same photo, another caption"])
     m = build_shards(tmp_path / "captions.csv", tmp_path / "out", max_side=128, shard_size=3, workers=1)
-    assert m["total"] == 5 and [s["count"] for s in m["shards"]] == [3, 2]
+    assert m["total"] == 6 and [s["count"] for s in m["shards"]] == [3, 3]
     assert m["skipped"] == {"unreadable_image": 1, "missing_image": 1, "missing_caption": 1}
     sizes, captions = [], []
     for shard in m["shards"]:
@@ -77,8 +78,9 @@ def test_csv_to_shards_skips_and_counts(tmp_path):
                     sizes.append(Image.open(io.BytesIO(data)).size)
                 elif member.name.endswith(".txt"):
                     captions.append(data.decode())
-    assert all(max(size) == 128 for size in sizes) and len(sizes) == 5
-    assert sorted(captions) == sorted(f"photo number {i}, with a comma" for i in range(5))
+    assert all(max(size) == 128 for size in sizes) and len(sizes) == 6
+    assert sorted(captions) == sorted([f"photo number {i}, with a comma" for i in range(5)]
+                                      + ["the same photo, another caption"])
 
 
 def test_folder_to_shards_via_cli(tmp_path):

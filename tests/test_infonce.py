@@ -52,11 +52,17 @@ def test_value_matches_closed_form_cross_entropy():
     torch.testing.assert_close(_loss(u, v, s), expected)
 
 
-def test_rows_of_i2t_logit_gradient_sum_to_zero():
-    u, v = F.normalize(torch.randn(10, 8), dim=-1), F.normalize(torch.randn(10, 8), dim=-1)
-    logits = (5.0 * u @ v.T).requires_grad_()
-    F.cross_entropy(logits, torch.arange(10)).backward()
-    torch.testing.assert_close(logits.grad.sum(dim=1), torch.zeros(10), atol=1e-7, rtol=0)
+def test_logit_gradient_closed_form_and_i2t_rows_sum_to_zero():
+    """∂L/∂ℓ = (1/2N)[(P − I) + (Q − I)], P row-softmax, Q column-softmax; rows of (P − I) sum to 0."""
+    n = 10
+    logits = (5.0 * F.normalize(torch.randn(n, 8), dim=-1) @ F.normalize(torch.randn(n, 8), dim=-1).T)
+    logits = logits.double().requires_grad_()
+    ClipLoss.from_logits(logits, logits.T, torch.arange(n))["loss"].backward()
+    eye = torch.eye(n, dtype=torch.float64)
+    p, q = logits.detach().softmax(dim=1), logits.detach().softmax(dim=0)
+    torch.testing.assert_close(logits.grad, ((p - eye) + (q - eye)) / (2 * n))
+    i2t_only = logits.grad - (q - eye) / (2 * n)
+    torch.testing.assert_close(i2t_only.sum(dim=1), torch.zeros(n, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 def test_gradcheck_float64():

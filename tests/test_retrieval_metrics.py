@@ -7,7 +7,7 @@ import torch
 from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as cb_recall_at_k
 
 from mmcontrast.metrics import chance_recall, retrieval_metrics, retrieval_ranks
-from mmcontrast.metrics.retrieval import _first_positive_rank
+from mmcontrast.metrics.retrieval import _ranks_from_positive_lists
 
 # texts × images; text_to_image = [0, 0, 1, 2]
 S = torch.tensor([
@@ -34,11 +34,12 @@ def test_ranks_with_ties_and_several_captions():
 
 def test_first_positive_rank_tie_rule():
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.5], [0.2, 0.4, 0.4, 0.1], [0.3, 0.3, 0.3, 0.3]])
-    positive = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    positives = torch.tensor([[2, 3], [1, 2], [3, -1]])  # gallery indices, −1 = padding
     # row 0: best positive 0.5 at index 2; before it: 0.9 (higher) and index 0 (tie, earlier) → 2
     # row 1: best 0.4 first at index 1; nothing higher, no earlier tie → 0
     # row 2: all tied; the positive is last → 3
-    assert _first_positive_rank(scores, positive).tolist() == [2, 0, 3]
+    assert _ranks_from_positive_lists(scores, positives).tolist() == [2, 0, 3]
+    assert _ranks_from_positive_lists(scores[:1], torch.tensor([[-1, -1]])).tolist() == [4]  # no positive
 
 
 def test_recall_values_and_sums():
@@ -112,8 +113,6 @@ def test_chunked_equals_full_matrix_with_ties(chunk):
     ref = _full_matrix_reference(img, txt, t2i_map)
     got = retrieval_ranks(img, txt, t2i_map, chunk_size=chunk)
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
-    dense = _first_positive_rank(txt @ img.T, t2i_map[:, None] == torch.arange(37)[None])
-    assert torch.equal(dense, ref[0])
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])

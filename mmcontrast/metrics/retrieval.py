@@ -16,25 +16,11 @@ import torch
 KS = (1, 5, 10)
 
 
-def _first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """[Q, G] scores, [Q, G] bool positives → [Q] rank of each query's best positive (stable).
-
-    The reference form, on dense masks; ``_ranks_from_positive_lists`` computes the same faster.
-    """
-    gallery = torch.arange(scores.shape[1], device=scores.device)
-    masked = scores.masked_fill(~positive, float("-inf"))
-    best = masked.max(dim=1, keepdim=True).values                          # [Q, 1]
-    # the earliest positive holding the best score comes first in the stable order
-    first = torch.where(positive & (scores == best), gallery, scores.shape[1]).min(dim=1, keepdim=True).values
-    before = (scores > best) | ((scores == best) & (gallery < first))
-    return before.sum(dim=1)
-
-
 def _ranks_from_positive_lists(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """[Q, G] scores and [Q, P] gallery indices of each query's positives (−1 = padding) → [Q] ranks.
 
-    Two passes over the scores (">" and "==") instead of six: the best positive is found among the
-    P gathered scores, and exact ties — rare with real embeddings — are resolved only where they occur.
+    Two passes over the scores (">" and "=="): the best positive is found among the P gathered
+    scores, and exact ties — rare with real embeddings — are resolved only where they occur.
     """
     n_gallery = scores.shape[1]
     valid = positives >= 0

@@ -55,7 +55,11 @@ class ClipLoss:
         return logits_per_image, logits_per_text, labels
 
     def __call__(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
-        logits_per_image, logits_per_text, labels = self.logits(image_features, text_features, logit_scale)
+        return self.from_logits(*self.logits(image_features, text_features, logit_scale))
+
+    @staticmethod
+    def from_logits(logits_per_image, logits_per_text, labels) -> dict:
+        """½ [CE(image→text) + CE(text→image)] of given logits."""
         i2t = F.cross_entropy(logits_per_image, labels)
         t2i = F.cross_entropy(logits_per_text, labels)
         return {"loss": (i2t + t2i) / 2, "loss_i2t": i2t.detach(), "loss_t2i": t2i.detach()}
