@@ -5,7 +5,7 @@ checkpoints/step_0000200/
   model.safetensors   weights (OpenCLIP key names)
   optimizer.pt        optimizer state            scheduler.pt   scheduler state
   rank0.pt ...        per-process RNG states and data position
-  state.json          step, world size — written last; its presence marks the checkpoint complete
+  state.json          step, world size, config — written last; its presence marks the checkpoint complete
 ```
 All processes write into ``step_XXXXXXX.tmp``; rank 0 renames it when every rank is done, so a run
 killed mid-write leaves only a ``.tmp`` directory, which resume ignores and the next save replaces.
@@ -43,7 +43,7 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
                     loader_state: dict, rank: int, world_size: int, barrier: Callable[[], None],
-                    keep: int) -> Path:
+                    keep: int, config: dict | None = None) -> Path:
     """Collective: every process calls it; returns the final path."""
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f"step_{step:07d}.tmp"
@@ -59,7 +59,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier()
     if rank == 0:
-        (tmp / STATE).write_text(json.dumps({"step": step, "world_size": world_size}))
+        (tmp / STATE).write_text(json.dumps({"step": step, "world_size": world_size, "config": config}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(complete_checkpoints(ckpt_dir))[:-keep] if keep > 0 else []:
@@ -79,13 +79,38 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# Settings that do not change what is learned, so a resumed run may change them.
+FREE_TO_CHANGE = ("eval.", "log.", "checkpoint.", "data.workers")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old → new`` for every setting that differs between two config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return changes
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int,
-                    world_size: int) -> tuple[int, dict]:
-    """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state)."""
+                    world_size: int, config: dict | None = None) -> tuple[int, dict]:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state).
+
+    ``config``: the run's config; a checkpoint written under different training settings is refused,
+    since continuing it would silently mix two runs.
+    """
     state = json.loads((path / STATE).read_text())
     if state["world_size"] != world_size:
         raise UserError(f"{path} was written by {state['world_size']} processes; resume it with the same "
                            f"number (got {world_size}) to continue exactly")
+    if config is not None and state.get("config") is not None:
+        changes = [c for c in config_changes(state["config"], config) if not c.startswith(FREE_TO_CHANGE)]
+        if changes:
+            raise UserError(f"{path} was written with different settings ({'; '.join(changes)}); resume with "
+                            f"the same config, or train into a new --output")
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))

@@ -103,7 +103,7 @@ class Trainer:
         a = self.accelerator
         save_checkpoint(self.out / "checkpoints", self.step, self.unwrapped, self.optimizer, self.scheduler,
                         self.loader.state_dict(), a.process_index, a.num_processes, a.wait_for_everyone,
-                        self.cfg.checkpoint.keep)
+                        self.cfg.checkpoint.keep, to_dict(self.cfg))
 
 
 def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
@@ -111,17 +111,18 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     model, tokenizer, train_transform, optimizer, scheduler, objective = build(cfg)
     step, loader_state = 0, None
     ckpt = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume) if resume else None
     if ckpt is not None:
         if not (ckpt / "state.json").is_file():
             raise UserError(f"not a complete checkpoint: {ckpt}")
-        step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world)
+        step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world, to_dict(cfg))
         accelerator.print(f"resumed from {ckpt} at step {step}")
     else:
         torch.manual_seed(cfg.seed + rank)  # per-rank randomness in the forward pass (dropout, masks)
+    if accelerator.is_main_process:  # after the resume check, which may refuse a changed config
+        save_config(cfg, out / "config.yaml")
     prepared, optimizer = accelerator.prepare(model, optimizer)
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,

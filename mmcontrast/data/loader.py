@@ -52,6 +52,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                  caption: str, positions: dict[int, tuple[int, int]], worker_offset: int):
         super().__init__()
         self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
+        self._shard_index = {url: i for i, url in enumerate(urls)}
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.rank, self.world_size, self.repeat, self.caption = rank, world_size, repeat, caption
         self.positions, self.worker_offset = positions, worker_offset
@@ -143,7 +144,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                     if to_skip == 0:
                         skipped.clear()  # what was skipped over is already in the checkpoint's counts
                     continue
-                sample_id = f"{sample['__url__']}/{sample['__key__']}"  # keys may repeat across sources
+                # keys may repeat across sources; the shard's index (not its path) keeps a moved dataset identical
+                sample_id = f"{self._shard_index[sample['__url__']]}/{sample['__key__']}"
                 items.append((*self._prepare(*decoded, sample_id, epoch), sample["__key__"]))
                 if len(items) == self.batch_size:
                     batch_index += 1
