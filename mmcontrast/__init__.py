@@ -8,6 +8,7 @@ clf = mc.ZeroShotClassifier(model, tokenizer, preprocess, ["cat", "dog"], mc.tem
 """
 
 from . import templates
+from .convert import convert
 from .data import make_loader
 from .errors import UserError
 from .load import load
@@ -21,6 +22,6 @@ from .zeroshot import ZeroShotClassifier, build_class_weights
 
 __all__ = [
     "OBJECTIVES", "PRESETS", "UserError", "ZeroShotClassifier", "build_class_weights", "build_model",
-    "create_model", "list_presets", "load", "load_model_dir", "make_loader", "make_objective",
+    "convert", "create_model", "list_presets", "load", "load_model_dir", "make_loader", "make_objective",
     "make_tokenizer", "make_transforms", "save_model_dir", "templates",
 ]

@@ -11,11 +11,10 @@ import os
 from pathlib import Path
 
 import torch
-from open_clip.factory import load_checkpoint
 
 from .errors import UserError
 from .model import build_model
-from .model_dir import load_model_dir
+from .model_dir import load_model_dir, load_weights
 from .presets import get_model_cfg
 from .tokenizer import make_tokenizer
 from .transforms import make_transforms
@@ -43,7 +42,7 @@ def load(spec: str | os.PathLike, pretrained: str | None = None, device: str | t
         if pretrained is not None:
             if not Path(pretrained).is_file():
                 raise UserError(f"pretrained weights file not found: {pretrained}")
-            load_checkpoint(model, pretrained, strict=True, weights_only=True)
+            load_weights(model, pretrained)
         model.eval()
     else:
         if pretrained is not None:

@@ -1,7 +1,7 @@
 """Dual-encoder models: open_clip's ``CLIP`` / ``CustomTextCLIP`` built from a ``model_cfg``.
 
 The model interface every loader returns (``DESIGN.md``):
-``encode_image(image, normalize=True)`` → [B, D], ``encode_text(text, normalize=True)`` → [B, D],
+``encode_image(image, normalize=False)`` → [B, D], ``encode_text(text, normalize=False)`` → [B, D],
 ``forward(image, text)`` → ``{"image_features", "text_features", "logit_scale"[, "logit_bias"]}``.
 ``logit_scale`` is the learnable log-temperature t, initialised to log(1/0.07) (Radford et al. 2021).
 """
@@ -16,7 +16,7 @@ import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
 from .errors import UserError
-from .presets import get_model_cfg
+from .presets import get_model_cfg, with_towers
 from .transforms import preprocess_cfg_for
 
 
@@ -67,23 +67,31 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
 
 
 def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0, pretrained_towers: bool = True,
-                 **cfg_overrides) -> torch.nn.Module:
-    """A named preset (``tiny``) or open_clip architecture, randomly initialised.
+                 vision: dict | None = None, text: dict | None = None, **cfg_overrides) -> torch.nn.Module:
+    """A named preset (``tiny``), open_clip architecture or model directory's architecture, randomly initialised.
 
     ``patch_dropout``: FLIP (Li et al. 2023) — the fraction of image patches dropped in training mode
     (none in eval mode). ``pretrained_towers``: an HF text tower in a local directory starts from its
-    pretrained weights (LiT). ``cfg_overrides`` replace top-level ``model_cfg`` keys; ``seed`` makes the
-    init reproducible.
+    pretrained weights (LiT). ``vision`` / ``text``: tower changes (``presets.with_towers``: a timm
+    backbone, a transformers text encoder, or single keys). ``cfg_overrides`` replace top-level
+    ``model_cfg`` keys; ``seed`` makes the init reproducible.
     """
-    model_cfg = get_model_cfg(name)
+    from .model_dir import is_model_dir, read_model_dir  # model_dir builds models with this module
+
+    preprocess_cfg = None
+    if is_model_dir(name):
+        config, _ = read_model_dir(name)
+        model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg")
+    else:
+        model_cfg = get_model_cfg(name)
+    model_cfg = with_towers(model_cfg, vision, text)
     model_cfg.update(cfg_overrides)
     if patch_dropout:
         model_cfg["vision_cfg"]["patch_dropout"] = patch_dropout
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
             torch.manual_seed(seed)
-            return build_model(model_cfg, pretrained_towers=pretrained_towers)
-    return build_model(model_cfg, pretrained_towers=pretrained_towers)
+        return build_model(model_cfg, preprocess_cfg, pretrained_towers=pretrained_towers)
 
 
 def context_length(model: torch.nn.Module) -> int:

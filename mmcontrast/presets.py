@@ -53,6 +53,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def with_towers(model_cfg: dict, vision: dict | None = None, text: dict | None = None) -> dict:
+    """``model_cfg`` with its towers changed: keys of ``vision`` / ``text`` replace the preset's.
+
+    Naming a timm backbone (``vision={"timm_model_name": "convnext_atto"}``, through open_clip's timm
+    tower) or a transformers encoder (``text={"hf_model_name": "/path/to/encoder"}``, through open_clip's
+    HF text tower) replaces that whole tower, keeping only the preset's image size or text length.
+    """
+    cfg = copy.deepcopy(model_cfg)
+    if vision:
+        if "timm_model_name" in vision:
+            cfg["vision_cfg"] = {"image_size": cfg["vision_cfg"].get("image_size", 224)}
+        cfg["vision_cfg"].update(vision)
+    if text:
+        if "hf_model_name" in text:
+            cfg["text_cfg"] = {"context_length": cfg["text_cfg"].get("context_length", 77),
+                               "hf_tokenizer_name": text["hf_model_name"]}
+            cfg["custom_text"] = True
+        cfg["text_cfg"].update(text)
+    return cfg
+
+
 def list_presets() -> list[str]:
     """Our presets first, then every open_clip architecture."""
     return list(PRESETS) + [name for name in open_clip.list_models() if name not in PRESETS]

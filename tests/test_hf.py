@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, SiglipConfig, SiglipModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
 
 import mmcontrast as mc
+from mmcontrast.convert import clip_tokenizer
 from mmcontrast.errors import UserError
 
 TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-
-
-def _clip_tokenizer_files(folder):
-    """The real CLIP BPE vocabulary (shipped inside open_clip) as a transformers CLIPTokenizer."""
-    bpe = open_clip.tokenizer.SimpleTokenizer()
-    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # the HF spelling
-    (folder / "vocab.json").write_text(json.dumps({names.get(k, k): v for k, v in bpe.encoder.items()}))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
@@ -38,7 +26,7 @@ def hf_dir(request, tmp_path_factory):
     else:
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
     model.save_pretrained(folder)
-    tokenizer = _clip_tokenizer_files(folder)
+    tokenizer = clip_tokenizer(folder)
     tokenizer.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder, model.eval(), tokenizer, text["max_position_embeddings"]

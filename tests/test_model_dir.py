@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -93,3 +95,26 @@ def test_custom_text_clip_model_dir_equals_open_clip(tmp_path):
     pixels, tokens = _inputs(preprocess, tokenizer)
     for a, b in zip(_embed(ours, pixels, tokens), _embed(ref.eval(), pixels, tokens)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch``: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
+    tiny = mc.create_model("tiny", seed=0)
+    marker = tmp_path / "code_ran"
+    bad = tmp_path / "model.pt"
+    torch.save({"state_dict": tiny.state_dict(), "extra": _RunsCode(marker)}, bad)
+    with pytest.raises(mc.UserError, match=r"model\.pt is a pickle that holds more than weights.*none of its code ran"):
+        mc.load("openclip:tiny", pretrained=str(bad))
+    assert not marker.exists()
+    torch.save({"state_dict": tiny.state_dict()}, tmp_path / "plain.pt")  # weights only: loads
+    model, _, _ = mc.load("openclip:tiny", pretrained=str(tmp_path / "plain.pt"))
+    assert torch.equal(model.logit_scale, tiny.logit_scale)

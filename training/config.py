@@ -18,7 +18,8 @@ from mmcontrast.errors import UserError
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"              # a preset (mmcontrast.PRESETS) or an open_clip architecture
+    name: str = "tiny"              # a preset (mmcontrast.PRESETS), an open_clip architecture, or a model
+                                    # directory to fine-tune (its architecture and weights)
     pretrained: str = ""            # optional local weights file to start from
     lock_image: bool = False        # LiT: freeze the image tower (eval mode, out of the optimizer)
     lock_image_unlocked_groups: int = 0   # ...except its last N layer groups
@@ -26,6 +27,9 @@ class ModelConfig:
     lock_text_unlocked_layers: int = 0    # ...except its last N layers
     patch_dropout: float = 0.0      # FLIP: fraction of image patches dropped in training, none at eval
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    vision: dict = field(default_factory=dict)  # image tower changes, e.g. {timm_model_name: convnext_atto}
+    text: dict = field(default_factory=dict)    # text tower changes, e.g. {hf_model_name: /path/to/encoder}
+    compile: bool = False           # torch.compile the model (first steps slower while it compiles)
 
 
 @dataclass
@@ -121,6 +125,9 @@ def _check_value(key: str, tp, value):
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
     raise UserError(f"config key {key} expects {tp.__name__}, got {value!r}")
 
 
@@ -156,6 +163,9 @@ def _set_override(tree: dict, cls, key: str, raw: str) -> None:
                 raise UserError(f"config key {key} is a section; set one of its keys, e.g. {key}.<name>=...")
             # Strings stay as typed; everything else is parsed as a YAML scalar or list.
             node[part] = raw if tp is str else yaml.safe_load(raw)
+        elif tp is dict:  # a free-form mapping: model.vision.timm_model_name=convnext_atto sets one key
+            node.setdefault(part, {})[".".join(parts[i + 1:])] = yaml.safe_load(raw)
+            return
         else:
             if not dataclasses.is_dataclass(tp):
                 raise UserError(f"unknown config key {key} ({'.'.join(parts[:i + 1])} is not a section)")

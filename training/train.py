@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from open_clip.factory import load_checkpoint as load_open_clip_weights
 from tqdm import tqdm
 
 import mmcontrast as mc
 from mmcontrast.errors import UserError
 from mmcontrast.locking import lock_towers, set_train_mode
+from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
 from mmcontrast.objectives import clamp_logit_scale
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -66,11 +66,20 @@ def make_accelerator(precision: str) -> Accelerator:
 
 def build(cfg: TrainConfig):
     """Model (seeded init), tokenizer, train transform, optimizer, scheduler, objective."""
-    model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout)
+    try:
+        model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout,
+                                vision=cfg.model.vision, text=cfg.model.text)
+    except (ValueError, TypeError, RuntimeError) as e:  # open_clip/timm reject a bad tower setting
+        raise UserError(f"model {cfg.model.name!r} with vision={cfg.model.vision} text={cfg.model.text}: {e}") from None
     if cfg.model.pretrained:
         if not Path(cfg.model.pretrained).is_file():
             raise UserError(f"model.pretrained file not found: {cfg.model.pretrained}")
-        load_open_clip_weights(model, cfg.model.pretrained, strict=True, weights_only=True)
+        load_weights(model, cfg.model.pretrained)
+    elif is_model_dir(cfg.model.name):  # fine-tuning: start from the directory's weights
+        if cfg.model.vision or cfg.model.text:
+            raise UserError(f"model.vision/model.text change the towers of {cfg.model.name}, whose weights "
+                            f"would then not fit; set model.pretrained to start from other weights")
+        load_weights(model, read_model_dir(cfg.model.name)[1])
     lock_towers(model, cfg.model.lock_image, cfg.model.lock_image_unlocked_groups, cfg.model.lock_text,
                 cfg.model.lock_text_unlocked_layers)
     set_train_mode(model, True)
@@ -124,10 +133,12 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     if accelerator.is_main_process:  # after the resume check, which may refuse a changed config
         save_config(cfg, out / "config.yaml")
     prepared, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.model.compile:
+        prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state)
-    return Trainer(cfg, out, accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler,
+    return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
                    objective, loader, step)
 
 
