@@ -62,7 +62,8 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
     model = cls(**cfg, output_dict=True)
     # Kept on the module so that a loaded model can be saved again without its config at hand.
     model.model_cfg = copy.deepcopy(model_cfg)
-    model.preprocess_cfg = preprocess_cfg or preprocess_cfg_for(model_cfg)
+    # open_clip's own directories may give only mean/std: the rest comes from the model (its image size)
+    model.preprocess_cfg = preprocess_cfg_for(model_cfg, preprocess_cfg)
     return model
 
 

@@ -118,3 +118,24 @@ def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
     torch.save({"state_dict": tiny.state_dict()}, tmp_path / "plain.pt")  # weights only: loads
     model, _, _ = mc.load("openclip:tiny", pretrained=str(tmp_path / "plain.pt"))
     assert torch.equal(model.logit_scale, tiny.logit_scale)
+
+
+def test_open_clip_written_directory_with_a_bin_file(tmp_path):
+    """What open_clip's save_for_hf writes: config with only mean/std, weights as a weights-only .bin."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    from mmcontrast.presets import TINY
+
+    torch.manual_seed(0)
+    ref = open_clip.model.CLIP(**TINY).eval()
+    ref.visual.image_mean, ref.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    tmp_path.joinpath("oc").mkdir()
+    torch.save(ref.state_dict(), tmp_path / "oc" / "open_clip_pytorch_model.bin")
+    save_config_for_hf(ref, tmp_path / "oc" / "open_clip_config.json", model_config=TINY)
+    ours, preprocess, tokenizer = mc.load(tmp_path / "oc")
+    assert ours.preprocess_cfg["size"] == 64  # completed from the model's image size, as open_clip does
+    _, _, ref_preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    pixels, tokens = _inputs(preprocess, tokenizer)
+    assert torch.equal(pixels, _inputs(ref_preprocess, tokenizer)[0])
+    for a, b in zip(_embed(ours, pixels, tokens), _embed(ref, pixels, tokens)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -100,3 +100,55 @@ def test_lit_minilm_training_step_keeps_the_encoder_and_trains_the_projection(sm
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert not any(k.startswith("text.transformer.") for k in changed)
     assert any(k.startswith("text.proj") for k in changed) and any(k.startswith("visual.") for k in changed)
+
+
+def _changed_after_a_step(model, batch):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = mc.make_objective("clip")(**model(batch["image"], batch["text"]))["loss"]
+    loss.backward()
+    optimizer.step()
+    return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+
+
+# open_clip's groups for the 4-block towers of `tiny`, last first: the projection, [block 3 + final
+# LayerNorm], block 2, block 1, ... (image and text alike)
+GROUPS = {"image": [("visual.proj",), ("visual.transformer.resblocks.3.", "visual.ln_post."),
+                    ("visual.transformer.resblocks.2.",), ("visual.transformer.resblocks.1.",)],
+          "text": [("text_projection",), ("transformer.resblocks.3.", "ln_final."),
+                   ("transformer.resblocks.2.",), ("transformer.resblocks.1.",)]}
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+@pytest.mark.parametrize("unlocked", [1, 2, 3])
+def test_exactly_the_unlocked_groups_change(tower, unlocked):
+    model = mc.create_model("tiny", seed=0)
+    if tower == "image":
+        lock_towers(model, image=True, image_unlocked_groups=unlocked)
+    else:
+        lock_towers(model, text=True, text_unlocked_layers=unlocked)
+    set_train_mode(model, True)
+    changed = _changed_after_a_step(model, _batch())
+    in_tower = (lambda k: k.startswith("visual.")) if tower == "image" else (
+        lambda k: not k.startswith(("visual.", "logit_scale")))
+    expected = {k for k in model.state_dict() if k.startswith(sum(GROUPS[tower][:unlocked], ()))}
+    assert {k for k in changed if in_tower(k)} == expected
+    assert any(not in_tower(k) for k in changed)  # the other tower trains
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_patch_dropout_keeps_int_L_times_1_minus_r_tokens_and_the_class_token(ratio):
+    model = mc.create_model("tiny", seed=0, patch_dropout=ratio).train()
+    seen = {}
+    model.visual.patch_dropout.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    model.encode_image(_batch()["image"])
+    x, out = seen["x"], seen["out"]
+    assert x.shape[1] == 1 + 64 and out.shape[1] == 1 + int(64 * (1 - ratio))
+    assert torch.equal(out[:, 0], x[:, 0])  # the class token is always kept, first
+    patches = x[:, 1:]
+    for b in range(x.shape[0]):  # every kept token is one of the image's own patches
+        assert all((patches[b] == tok).all(-1).any() for tok in out[b, 1:])
+    model.eval()
+    seen.clear()
+    model.encode_image(_batch()["image"])
+    assert torch.equal(seen["out"], seen["x"])  # eval: nothing dropped
