@@ -21,6 +21,9 @@ TINY = {
                  "layers": 4},
 }
 
+# SigLIP (Zhai et al. 2023) at tiny size: a learnable bias, starting at s = 10, b = −10 as in the paper.
+TINY_SIGLIP = {**TINY, "init_logit_scale": math.log(10), "init_logit_bias": -10.0}
+
 # The common architectures, as open_clip defines them.
 COMMON = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-B-16-SigLIP", "convnext_base", "RN50"]
 
@@ -48,6 +51,7 @@ TINY_LIT_MINILM = {
 
 PRESETS: dict[str, dict] = {
     "tiny": TINY,
+    "tiny-siglip": TINY_SIGLIP,
     "tiny-lit-minilm": TINY_LIT_MINILM,
     **{name: _open_clip_preset(name) for name in COMMON},
 }

@@ -75,7 +75,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(small_demo, tmp_path):
     assert len(saved) == 1 and (saved[0] / "state.json").is_file()
     step = json.loads((saved[0] / "state.json").read_text())["step"]
     assert 3 <= step < 400
-    overrides = args[args.index(str(tmp_path)) + 1:] + [f"schedule.steps={step + 2}"]
-    cfg = load_config("training/configs/tiny.yaml", overrides)
-    train(cfg, tmp_path, resume="auto")
-    assert json.loads((tmp_path / "final" / "mmcontrast.json").read_text())["step"] == step + 2
+    cfg = load_config("training/configs/tiny.yaml", args[args.index(str(tmp_path)) + 1:])
+    train(cfg, tmp_path, resume="auto", stop_after=step + 2)  # continues the same run for two more steps
+    resumed = [r["step"] for r in _records(tmp_path) if "grad_norm" in r]
+    assert resumed[-3:] == [step, step + 1, step + 2]
+    assert (tmp_path / "checkpoints" / f"step_{step + 2:07d}" / "state.json").is_file()

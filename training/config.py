@@ -46,6 +46,13 @@ class ObjectiveConfig:
     name: str = "clip"              # mmcontrast.OBJECTIVES
     local_loss: bool = True         # b×N logits per rank instead of N×N
     gather_with_grad: bool = True   # gradients flow to the features of every rank
+    options: dict = field(default_factory=dict)  # the objective's own settings, e.g. {beta: 0.25} (docs/objectives.md)
+
+
+@dataclass
+class StepConfig:
+    chunk_size: int = 0             # GradCache: encode the batch in chunks of this many samples; exact
+                                    # full-batch gradients in one chunk's activation memory (0: off)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: StepConfig = field(default_factory=StepConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -192,6 +200,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     cfg = _build(TrainConfig, tree)
     if cfg.precision not in PRECISIONS:
         raise UserError(f"config key precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.train.chunk_size < 0:
+        raise UserError(f"config key train.chunk_size must be ≥ 0 (0: no GradCache), got {cfg.train.chunk_size}")
     if cfg.data.batch_size < 1 or cfg.schedule.steps < 1:
         raise UserError("data.batch_size and schedule.steps must be at least 1")
     return cfg

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import mmcontrast as mc
 from mmcontrast.errors import UserError
+from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
 from mmcontrast.objectives import clamp_logit_scale
@@ -89,8 +90,14 @@ def build(cfg: TrainConfig):
     tokenizer = mc.make_tokenizer(model.model_cfg)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.schedule)
-    objective = mc.make_objective(cfg.objective.name, local_loss=cfg.objective.local_loss,
-                                  gather_with_grad=cfg.objective.gather_with_grad)
+    try:
+        objective = mc.make_objective(cfg.objective.name, local_loss=cfg.objective.local_loss,
+                                      gather_with_grad=cfg.objective.gather_with_grad, **cfg.objective.options)
+    except ValueError as e:
+        raise UserError(f"objective: {e}") from None
+    if cfg.objective.name == "siglip" and getattr(model, "logit_bias", None) is None:
+        raise UserError(f"objective siglip needs a model with a learnable logit bias; {cfg.model.name} has none "
+                        f"(use model.name=tiny-siglip or an open_clip SigLIP architecture)")
     return model, tokenizer, train_transform, optimizer, scheduler, objective
 
 
@@ -142,15 +149,29 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
                    objective, loader, step)
 
 
+def loss_params(model: torch.nn.Module) -> dict:
+    """The objective's inputs that are model parameters: logit scale s = exp(t) and, for SigLIP, the bias."""
+    out = {"logit_scale": model.logit_scale.exp()}
+    if getattr(model, "logit_bias", None) is not None:
+        out["logit_bias"] = model.logit_bias
+    return out
+
+
 def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, torch.Tensor, bool, bool]:
     """Forward, backward, clip, step. Returns (losses, grad norm, stepped, every rank must stop)."""
     device = t.accelerator.device
     image = batch["image"].to(device, non_blocking=True)
     text = batch["text"].to(device, non_blocking=True)
-    with t.accelerator.autocast():
-        outputs = t.model(image, text)
-    losses = t.objective(**outputs, batch=batch)
-    t.accelerator.backward(losses["loss"])
+    chunk = t.cfg.train.chunk_size
+    if chunk and chunk < image.shape[0]:
+        losses = grad_cache_step(t.model, t.objective, {**batch, "image": image, "text": text}, chunk,
+                                 lambda: loss_params(t.unwrapped), autocast=t.accelerator.autocast,
+                                 backward=t.accelerator.backward, no_sync=lambda: t.accelerator.no_sync(t.model))
+    else:
+        with t.accelerator.autocast():
+            outputs = t.model(image, text)
+        losses = t.objective(**outputs, batch=batch)
+        t.accelerator.backward(losses["loss"])
     clip = t.cfg.optim.grad_clip
     grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), clip) if clip > 0 else torch.tensor(math.nan)
     # One small all-reduce agrees across ranks on skipping a non-finite step and on stopping.
@@ -235,6 +256,7 @@ class Meter:
         record = {"step": t.step, "world_size": t.accelerator.num_processes,
                   **{k: v.item() for k, v in losses.items()}, "lr": t.scheduler.get_last_lr()[0],
                   "logit_scale": t.unwrapped.logit_scale.exp().item(), "grad_norm": grad_norm.item(),
+                  **({"logit_bias": t.unwrapped.logit_bias.item()} if "logit_bias" in loss_params(t.unwrapped) else {}),
                   "samples_per_s": self.steps * self.global_batch / elapsed, "data_wait": self.waited / elapsed,
                   "skipped_samples": t.loader.skipped}
         self.steps, self.waited, self.since = 0, 0.0, now

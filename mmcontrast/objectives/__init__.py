@@ -1,16 +1,42 @@
-"""Objectives: ``objective(**model_outputs, batch=batch) -> {"loss": scalar, <named parts>}``."""
+"""Objectives: ``objective(**model_outputs, batch=batch) -> {"loss": scalar, <named parts>}``.
+
+Every objective takes the model's output dict (``image_features``, ``text_features``,
+``logit_scale`` and, for SigLIP, ``logit_bias``) and the batch (for sample ids); ``docs/objectives.md``
+gives each one's formula, paper, defaults and cost.
+"""
+
+from __future__ import annotations
+
+import inspect
 
 from .clip import ClipLoss, clamp_logit_scale
+from .hard_negatives import DebiasedLoss, DecoupledLoss, HardNegativeHCL, HardNegativeNCE, WeightedDecoupledLoss
+from .siglip import SigLipLoss
 
 OBJECTIVES = {
     "clip": ClipLoss,
+    "siglip": SigLipLoss,
+    "hn-nce": HardNegativeNCE,
+    "hcl": HardNegativeHCL,
+    "debiased": DebiasedLoss,
+    "dcl": DecoupledLoss,
+    "dclw": WeightedDecoupledLoss,
 }
+
+
+def objective_options(name: str) -> list[str]:
+    """The keyword options an objective accepts."""
+    return list(inspect.signature(OBJECTIVES[name]).parameters)
 
 
 def make_objective(name: str, **kwargs):
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](**kwargs)
+    try:
+        return OBJECTIVES[name](**kwargs)
+    except TypeError as e:  # an option this objective does not have
+        raise ValueError(f"objective {name!r}: {e} (its options: {objective_options(name)})") from None
 
 
-__all__ = ["OBJECTIVES", "ClipLoss", "clamp_logit_scale", "make_objective"]
+__all__ = ["OBJECTIVES", "ClipLoss", "DebiasedLoss", "DecoupledLoss", "HardNegativeHCL", "HardNegativeNCE",
+           "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale", "make_objective", "objective_options"]

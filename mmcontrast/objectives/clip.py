@@ -1,10 +1,11 @@
 """CLIP symmetric InfoNCE (Radford et al. 2021, "Learning Transferable Visual Models From Natural
-Language Supervision"), with OpenCLIP's distributed modes (``local_loss``, ``gather_with_grad``).
+Language Supervision"), with OpenCLIP's distributed modes and multi-positive targets.
 
-    L = ½ [ CE(s·U Vᵀ, I) + CE(s·V Uᵀ, I) ]     U, V: L2-normalised features; s = exp(t)
+    L = ½ [ CE(s·U Vᵀ, T) + CE(s·V Uᵀ, Tᵀ) ]     U, V: L2-normalised features; s = exp(t)
 
-Logits and cross-entropy run in fp32 whatever the autocast dtype: at s up to 100, bf16 dot
-products lose the precision the softmax needs.
+T is the identity, or with sample ids the row-normalised same-id mask M_ij / Σ_k M_ik (METHODS.md
+§5.3, SupCon's "L_out" averaging; ALBEF/BLIP's ``sim_targets``): several captions of one image in a
+batch are positives of each other, not negatives. With unique ids it is exactly InfoNCE.
 """
 
 from __future__ import annotations
@@ -14,48 +15,26 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_gather_no_grad, all_gather_with_grad, rank
+from .pairs import PairwiseObjective, batch_ids
 
 
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 → fp32; fp32 and fp64 unchanged (float64 keeps gradcheck exact)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of −Σ_j (M_ij / Σ_k M_ik) log softmax(logits_i)_j."""
+    targets = positives.to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
-class ClipLoss:
-    """Symmetric InfoNCE over the global batch.
-
-    ``local_loss=True`` (default): each rank computes b×N logits against the gathered features,
-    labels ``arange(b) + rank·b``. ``gather_with_grad=True`` (default): gradients flow to features
-    of every rank. ``local_loss`` without ``gather_with_grad`` is wrong (features only get gradient
-    as anchors, never as candidates) and is rejected.
-    """
-
-    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True):
-        if local_loss and not gather_with_grad:
-            raise ValueError("ClipLoss(local_loss=True, gather_with_grad=False) gives wrong gradients: "
-                             "features of other ranks would never receive gradient as candidates")
-        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
-
-    def logits(self, image_features, text_features, logit_scale):
-        """(logits_per_image, logits_per_text, labels), in fp32."""
-        image_features, text_features = at_least_fp32(image_features), at_least_fp32(text_features)
-        gather = all_gather_with_grad if self.gather_with_grad else all_gather_no_grad
-        all_image, all_text = gather(image_features), gather(text_features)
-        scale = at_least_fp32(logit_scale)
-        b = image_features.shape[0]
-        if self.local_loss:
-            logits_per_image = scale * image_features @ all_text.T   # [b, N]
-            logits_per_text = scale * text_features @ all_image.T    # [b, N]
-            labels = torch.arange(b, device=image_features.device) + rank() * b
-        else:
-            logits_per_image = scale * all_image @ all_text.T        # [N, N]
-            logits_per_text = logits_per_image.T
-            labels = torch.arange(all_image.shape[0], device=image_features.device)
-        return logits_per_image, logits_per_text, labels
+class ClipLoss(PairwiseObjective):
+    """Symmetric InfoNCE over the global batch (``local_loss`` b×N logits by default)."""
 
     def __call__(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
-        return self.from_logits(*self.logits(image_features, text_features, logit_scale))
+        p = self.pairs(image_features, text_features, logit_scale, batch_ids(batch))
+        if p.positives is None:
+            return self.from_logits(p.logits_per_image, p.logits_per_text, p.labels)
+        i2t = soft_cross_entropy(p.logits_per_image, p.positives)
+        t2i = soft_cross_entropy(p.logits_per_text, p.positives)
+        return {"loss": (i2t + t2i) / 2, "loss_i2t": i2t.detach(), "loss_t2i": t2i.detach()}
 
     @staticmethod
     def from_logits(logits_per_image, logits_per_text, labels) -> dict:

@@ -1,0 +1,131 @@
+"""Objectives that weigh negatives by how hard they are, or change how the positive enters.
+
+All work on the logits ℓ = s·u·v of ``PairwiseObjective`` in both directions and average them, as
+``ClipLoss`` does. Negatives of an anchor are the candidates that are not its positives (with
+sample ids: no candidate with the anchor's id); ℓ₊ is the anchor's own pair.
+
+- ``HardNegativeNCE`` — HN-NCE (Radenovic et al. 2023, "Filtering, Distillation, and Hard Negatives
+  for Vision-Language Pre-Training", arXiv 2301.02280; reference: scenic ``hn_nce_loss``):
+  L_i = −log e^{ℓ₊} / (α e^{ℓ₊} + Σ_{j∈neg} w_ij e^{ℓ_ij}),  w_ij = n·e^{βℓ_ij} / Σ_{k∈neg} e^{βℓ_ik}.
+  α = 1, β = 0 is InfoNCE. The weights are not detached, as in the reference. β: sweep 0.1–0.5 (the
+  paper's value is unverified, METHODS.md §9).
+- ``HardNegativeHCL`` — Robinson et al. 2021, "Contrastive Learning with Hard Negative Samples"
+  (code joshr17/HCL): importance weights e^{βℓ}, a debiasing term τ⁺ and the clamp at n·e^{−s}
+  (the smallest value of Σ e^{ℓ} for cosines ≥ −1). β = 0 is the debiased loss of Chuang et al.
+  2020 ("Debiased Contrastive Learning"); τ⁺ = 0, β = 0 is InfoNCE.
+- ``DecoupledLoss`` — DCL (Yeh et al. 2022, "Decoupled Contrastive Learning", arXiv 2110.06848):
+  L_i = −ℓ₊ + log Σ_{j∈neg} e^{ℓ_ij} = L_InfoNCE + log(1 − p₊). ``weighted=True`` is DCLW: the
+  positive term is scaled by w_i = 2 − e^{c_i/σ} / mean_k e^{c_k/σ} (c: positive cosine, σ = 0.5),
+  the mean over the global batch, weights detached [verify: the paper's normalisation]. DCL can be
+  negative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..distributed import all_gather_no_grad
+from .pairs import Pairs, PairwiseObjective, at_least_fp32, batch_ids
+
+NEG_INF = float("-inf")
+
+
+def _split(logits: torch.Tensor, labels: torch.Tensor, positives: torch.Tensor | None):
+    """(ℓ₊ [b], negatives mask [b, N], count of negatives per row [b])."""
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    if positives is None:
+        positives = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
+    negatives = ~positives
+    return own, negatives, negatives.sum(dim=1).to(logits.dtype)
+
+
+def _masked_lse(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~mask, NEG_INF).logsumexp(dim=1)
+
+
+class _BothDirections(PairwiseObjective):
+    def direction(self, logits, labels, positives, scale) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
+        p: Pairs = self.pairs(image_features, text_features, logit_scale, batch_ids(batch))
+        scale = at_least_fp32(logit_scale).detach()
+        i2t = self.direction(p.logits_per_image, p.labels, p.positives, scale)
+        t2i = self.direction(p.logits_per_text, p.labels, p.positives, scale)
+        return {"loss": (i2t + t2i) / 2, "loss_i2t": i2t.detach(), "loss_t2i": t2i.detach()}
+
+
+class HardNegativeNCE(_BothDirections):
+    def __init__(self, alpha: float = 1.0, beta: float = 0.25, local_loss: bool = True,
+                 gather_with_grad: bool = True):
+        super().__init__(local_loss, gather_with_grad)
+        if alpha <= 0:
+            raise ValueError(f"HN-NCE alpha must be > 0, got {alpha}")
+        self.alpha, self.beta = alpha, beta
+
+    def weights(self, logits, negatives, n_neg) -> torch.Tensor:
+        """log w_ij on the negatives (−inf elsewhere); each row of w sums to the number of negatives."""
+        beta_logits = (self.beta * logits).masked_fill(~negatives, NEG_INF)
+        return n_neg.log()[:, None] + beta_logits - beta_logits.logsumexp(dim=1, keepdim=True)
+
+    def direction(self, logits, labels, positives, scale):
+        own, negatives, n_neg = _split(logits, labels, positives)
+        log_w = self.weights(logits, negatives, n_neg)
+        weighted = (log_w + logits).masked_fill(~negatives, NEG_INF)
+        terms = torch.cat([(math.log(self.alpha) + own)[:, None], weighted], dim=1)
+        return (terms.logsumexp(dim=1) - own).mean()
+
+
+class HardNegativeHCL(_BothDirections):
+    def __init__(self, tau_plus: float = 0.1, beta: float = 1.0, local_loss: bool = True,
+                 gather_with_grad: bool = True):
+        super().__init__(local_loss, gather_with_grad)
+        if not 0 <= tau_plus < 1:
+            raise ValueError(f"HCL tau_plus (the positive-class prior) must be in [0, 1), got {tau_plus}")
+        self.tau_plus, self.beta = tau_plus, beta
+
+    def direction(self, logits, labels, positives, scale):
+        own, negatives, n_neg = _split(logits, labels, positives)
+        # Everything is scaled by e^{−m} (m: the row maximum) so that e^{ℓ} at s = 100 cannot overflow.
+        m = logits.detach().max(dim=1).values
+        # reweight = Σ_j e^{βℓ_j} e^{ℓ_j} / mean_j e^{βℓ_j}  (over negatives)
+        log_reweight = (_masked_lse((1 + self.beta) * logits - m[:, None], negatives)
+                        - _masked_lse(self.beta * logits, negatives) + n_neg.log())
+        positive = (own - m).exp()
+        debiased = (-self.tau_plus * n_neg * positive + log_reweight.exp()) / (1 - self.tau_plus)
+        floor = n_neg * (-scale - m).exp()
+        negatives_term = torch.maximum(debiased, floor)
+        return ((positive + negatives_term).log() - (own - m)).mean()
+
+
+class DebiasedLoss(HardNegativeHCL):
+    """Chuang et al. 2020: HCL without importance weights (β = 0), τ⁺ = 0.1."""
+
+    def __init__(self, tau_plus: float = 0.1, local_loss: bool = True, gather_with_grad: bool = True):
+        super().__init__(tau_plus=tau_plus, beta=0.0, local_loss=local_loss, gather_with_grad=gather_with_grad)
+
+
+class DecoupledLoss(_BothDirections):
+    def __init__(self, weighted: bool = False, sigma: float = 0.5, local_loss: bool = True,
+                 gather_with_grad: bool = True):
+        super().__init__(local_loss, gather_with_grad)
+        self.weighted, self.sigma = weighted, sigma
+
+    def direction(self, logits, labels, positives, scale):
+        own, negatives, _ = _split(logits, labels, positives)
+        weight = 1.0
+        if self.weighted:
+            with torch.no_grad():
+                cosine = own / scale
+                everyone = all_gather_no_grad(cosine)
+                weight = 2 - (cosine / self.sigma).exp() / (everyone / self.sigma).exp().mean()
+        return (-weight * own + _masked_lse(logits, negatives)).mean()
+
+
+class WeightedDecoupledLoss(DecoupledLoss):
+    """DCLW: DCL with the positive term weighted by how easy the positive already is."""
+
+    def __init__(self, sigma: float = 0.5, local_loss: bool = True, gather_with_grad: bool = True):
+        super().__init__(weighted=True, sigma=sigma, local_loss=local_loss, gather_with_grad=gather_with_grad)
