@@ -5,6 +5,7 @@ checkpoints/step_0000200/
   model.safetensors   weights (OpenCLIP key names)
   optimizer.pt        optimizer state            scheduler.pt   scheduler state
   rank0.pt ...        per-process RNG states and data position
+  objective.safetensors  an objective's own state when it has one (momentum teacher, queues)
   state.json          step, world size, config — written last; its presence marks the checkpoint complete
 ```
 All processes write into ``step_XXXXXXX.tmp``; rank 0 renames it when every rank is done, so a run
@@ -43,7 +44,7 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
                     loader_state: dict, rank: int, world_size: int, barrier: Callable[[], None],
-                    keep: int, config: dict | None = None) -> Path:
+                    keep: int, config: dict | None = None, objective=None) -> Path:
     """Collective: every process calls it; returns the final path."""
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f"step_{step:07d}.tmp"
@@ -57,6 +58,9 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
         save_file(state, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if _has_state(objective):
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in objective.state_dict().items()},
+                      str(tmp / "objective.safetensors"))
     barrier()
     if rank == 0:
         (tmp / STATE).write_text(json.dumps({"step": step, "world_size": world_size, "config": config}))
@@ -95,8 +99,12 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def _has_state(objective) -> bool:
+    return isinstance(objective, torch.nn.Module) and bool(objective.state_dict())
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int,
-                    world_size: int, config: dict | None = None) -> tuple[int, dict]:
+                    world_size: int, config: dict | None = None, objective=None) -> tuple[int, dict]:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state).
 
     ``config``: the run's config; a checkpoint written under different training settings is refused,
@@ -114,6 +122,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ra
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if _has_state(objective):
+        objective.load_state_dict(load_file(str(path / "objective.safetensors")))
     own = torch.load(path / f"rank{rank}.pt", weights_only=True)
     _set_rng_state(own["rng"])
     return state["step"], own["loader"]

@@ -181,17 +181,34 @@ def _set_override(tree: dict, cls, key: str, raw: str) -> None:
             node_cls = tp
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and overridden."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}" + (f" (the base of {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise UserError(f"config file {path} is its own base (through {' → '.join(map(str, seen))})")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    return _merge(_read_yaml(path.parent / str(base), seen + (path.resolve(),)), tree)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read YAML ``path`` (or the defaults), apply ``key.sub=value`` overrides, validate."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML: {e}") from None
+    tree = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key.sub=value")

@@ -95,6 +95,8 @@ def build(cfg: TrainConfig):
                                       gather_with_grad=cfg.objective.gather_with_grad, **cfg.objective.options)
     except ValueError as e:
         raise UserError(f"objective: {e}") from None
+    if getattr(objective, "needs_model", False):  # momentum teacher: a copy of the initial model
+        objective.attach(model, cfg.schedule.steps)
     if cfg.objective.name == "siglip" and getattr(model, "logit_bias", None) is None:
         raise UserError(f"objective siglip needs a model with a learnable logit bias; {cfg.model.name} has none "
                         f"(use model.name=tiny-siglip or an open_clip SigLIP architecture)")
@@ -119,7 +121,7 @@ class Trainer:
         a = self.accelerator
         save_checkpoint(self.out / "checkpoints", self.step, self.unwrapped, self.optimizer, self.scheduler,
                         self.loader.state_dict(), a.process_index, a.num_processes, a.wait_for_everyone,
-                        self.cfg.checkpoint.keep, to_dict(self.cfg))
+                        self.cfg.checkpoint.keep, to_dict(self.cfg), self.objective)
 
 
 def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
@@ -133,13 +135,17 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     if ckpt is not None:
         if not (ckpt / "state.json").is_file():
             raise UserError(f"not a complete checkpoint: {ckpt}")
-        step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world, to_dict(cfg))
+        step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world, to_dict(cfg),
+                                             objective)
         accelerator.print(f"resumed from {ckpt} at step {step}")
     else:
         torch.manual_seed(cfg.seed + rank)  # per-rank randomness in the forward pass (dropout, masks)
     if accelerator.is_main_process:  # after the resume check, which may refuse a changed config
         save_config(cfg, out / "config.yaml")
     prepared, optimizer = accelerator.prepare(model, optimizer)
+    if isinstance(objective, torch.nn.Module):
+        objective.to(accelerator.device)
+        objective.teacher_autocast = accelerator.autocast
     if cfg.model.compile:
         prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
@@ -170,7 +176,7 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
     else:
         with t.accelerator.autocast():
             outputs = t.model(image, text)
-        losses = t.objective(**outputs, batch=batch)
+        losses = t.objective(**outputs, batch={**batch, "image": image, "text": text})
         t.accelerator.backward(losses["loss"])
     clip = t.cfg.optim.grad_clip
     grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), clip) if clip > 0 else torch.tensor(math.nan)
@@ -182,6 +188,8 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
         t.optimizer.step()
         t.scheduler.step()
         clamp_logit_scale(t.unwrapped)
+        if hasattr(t.objective, "after_step"):  # momentum teacher and queues: once per optimizer step
+            t.objective.after_step(t.unwrapped)
     t.optimizer.zero_grad(set_to_none=True)
     return losses, grad_norm, finite, flags[1].item() > 0
 

@@ -11,6 +11,7 @@ import inspect
 
 from .clip import ClipLoss, clamp_logit_scale
 from .hard_negatives import DebiasedLoss, DecoupledLoss, HardNegativeHCL, HardNegativeNCE, WeightedDecoupledLoss
+from .momentum import MomentumDistillation
 from .siglip import SigLipLoss
 
 OBJECTIVES = {
@@ -21,6 +22,7 @@ OBJECTIVES = {
     "debiased": DebiasedLoss,
     "dcl": DecoupledLoss,
     "dclw": WeightedDecoupledLoss,
+    "momentum": MomentumDistillation,
 }
 
 
@@ -39,4 +41,4 @@ def make_objective(name: str, **kwargs):
 
 
 __all__ = ["OBJECTIVES", "ClipLoss", "DebiasedLoss", "DecoupledLoss", "HardNegativeHCL", "HardNegativeNCE",
-           "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale", "make_objective", "objective_options"]
+           "MomentumDistillation", "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale", "make_objective", "objective_options"]
