@@ -26,10 +26,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, objective=None) -> torch.optim.Optimizer:
+    """AdamW over the model's trainable parameters and an objective's own (SLIP's head), if any."""
+    groups = param_groups(model, cfg.weight_decay)
+    if isinstance(objective, torch.nn.Module):
+        for group, extra in zip(groups, param_groups(objective, cfg.weight_decay)):
+            group["params"] += extra["params"]
     # foreach kernels: one launch per group instead of per tensor, on CPU and GPU alike
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
 
 
 def lr_factor(step: int, cfg: ScheduleConfig) -> float:

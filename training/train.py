@@ -19,11 +19,13 @@ from accelerate.state import AcceleratorState, GradientState
 from tqdm import tqdm
 
 import mmcontrast as mc
+from mmcontrast.distributed import average_gradients
 from mmcontrast.errors import UserError
 from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
 from mmcontrast.objectives import clamp_logit_scale
+from mmcontrast.transforms import simclr_view_transform
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config, to_dict
@@ -88,19 +90,28 @@ def build(cfg: TrainConfig):
         model.set_grad_checkpointing(True)
     train_transform, _ = mc.make_transforms(model.preprocess_cfg, {"scale": tuple(cfg.data.crop_scale)})
     tokenizer = mc.make_tokenizer(model.model_cfg)
-    optimizer = make_optimizer(model, cfg.optim)
+    objective = build_objective(cfg, model)
+    optimizer = make_optimizer(model, cfg.optim, objective)
     scheduler = make_scheduler(optimizer, cfg.schedule)
+    return model, tokenizer, train_transform, optimizer, scheduler, objective
+
+
+def build_objective(cfg: TrainConfig, model: torch.nn.Module):
+    """The configured objective, attached to the model when it needs it (teacher copy, SSL head)."""
     try:
         objective = mc.make_objective(cfg.objective.name, local_loss=cfg.objective.local_loss,
                                       gather_with_grad=cfg.objective.gather_with_grad, **cfg.objective.options)
     except ValueError as e:
         raise UserError(f"objective: {e}") from None
-    if getattr(objective, "needs_model", False):  # momentum teacher: a copy of the initial model
+    if getattr(objective, "needs_model", False):
         objective.attach(model, cfg.schedule.steps)
     if cfg.objective.name == "siglip" and getattr(model, "logit_bias", None) is None:
         raise UserError(f"objective siglip needs a model with a learnable logit bias; {cfg.model.name} has none "
                         f"(use model.name=tiny-siglip or an open_clip SigLIP architecture)")
-    return model, tokenizer, train_transform, optimizer, scheduler, objective
+    if cfg.train.chunk_size and getattr(objective, "wants_views", False):
+        raise UserError(f"train.chunk_size (GradCache) cannot serve objective {cfg.objective.name}: its extra "
+                        f"image views and BatchNorm head are not chunked; set train.chunk_size=0")
+    return objective
 
 
 @dataclass
@@ -145,12 +156,14 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     prepared, optimizer = accelerator.prepare(model, optimizer)
     if isinstance(objective, torch.nn.Module):
         objective.to(accelerator.device)
-        objective.teacher_autocast = accelerator.autocast
+        objective.model_autocast = accelerator.autocast
     if cfg.model.compile:
         prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
+    views = simclr_view_transform(model.preprocess_cfg) if getattr(objective, "wants_views", False) else None
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
-                            world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state)
+                            world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
+                            view_transform=views)
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
                    objective, loader, step)
 
@@ -166,20 +179,23 @@ def loss_params(model: torch.nn.Module) -> dict:
 def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, torch.Tensor, bool, bool]:
     """Forward, backward, clip, step. Returns (losses, grad norm, stepped, every rank must stop)."""
     device = t.accelerator.device
-    image = batch["image"].to(device, non_blocking=True)
-    text = batch["text"].to(device, non_blocking=True)
+    batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    image, text = batch["image"], batch["text"]
     chunk = t.cfg.train.chunk_size
     if chunk and chunk < image.shape[0]:
-        losses = grad_cache_step(t.model, t.objective, {**batch, "image": image, "text": text}, chunk,
+        losses = grad_cache_step(t.model, t.objective, batch, chunk,
                                  lambda: loss_params(t.unwrapped), autocast=t.accelerator.autocast,
                                  backward=t.accelerator.backward, no_sync=lambda: t.accelerator.no_sync(t.model))
     else:
         with t.accelerator.autocast():
             outputs = t.model(image, text)
-        losses = t.objective(**outputs, batch={**batch, "image": image, "text": text})
+        losses = t.objective(**outputs, batch=batch)
         t.accelerator.backward(losses["loss"])
+    objective_params = list(t.objective.parameters()) if isinstance(t.objective, torch.nn.Module) else []
+    average_gradients(objective_params)  # an objective's own parameters (SLIP's head) are outside DDP
     clip = t.cfg.optim.grad_clip
-    grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), clip) if clip > 0 else torch.tensor(math.nan)
+    params = [*t.model.parameters(), *objective_params]
+    grad_norm = t.accelerator.clip_grad_norm_(params, clip) if clip > 0 else torch.tensor(math.nan)
     # One small all-reduce agrees across ranks on skipping a non-finite step and on stopping.
     flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop_requested)], device=device)
     flags = t.accelerator.reduce(flags, reduction="sum")

@@ -49,8 +49,10 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, urls: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
                  seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
-                 caption: str, positions: dict[int, tuple[int, int]], worker_offset: int):
+                 caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
+                 view_transform: Callable | None = None):
         super().__init__()
+        self.view_transform = view_transform
         self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
         self._shard_index = {url: i for i, url in enumerate(urls)}
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
@@ -116,11 +118,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
             image = self.transform(img)
-        return image, caption
+            # Two more augmented views when the objective asks for them (SLIP's SimCLR term), same seed stream
+            views = (self.view_transform(img), self.view_transform(img)) if self.view_transform else None
+        return image, caption, views
 
     def _batch(self, items: list) -> dict:
-        images, captions, keys = zip(*items)
-        return {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
+        images, captions, views, keys = zip(*items)
+        batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
+        if self.view_transform:
+            batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,b,...]
+        return batch
 
     def __iter__(self):
         slot, nslots = self._slot()
@@ -204,13 +211,15 @@ class Loader:
 def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable, batch_size: int, *,
                 seed: int = 0, shuffle_buffer: int = 2000, num_workers: int = 0, rank: int = 0,
                 world_size: int = 1, repeat: bool = True, caption: str = "random",
-                pin_memory: bool = False, state: dict | None = None) -> Loader:
+                pin_memory: bool = False, state: dict | None = None,
+                view_transform: Callable | None = None) -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
     ``repeat=True`` streams forever (training; each rank runs as many steps as it is asked);
     ``repeat=False`` makes one pass and keeps the last partial batch (evaluation).
     ``caption``: ``"random"`` picks one line of ``key.txt`` per sample and epoch, ``"first"`` the first.
     ``state``: a ``Loader.state_dict()`` to continue from.
+    ``view_transform``: also give each sample two views made by it (``batch["image_views"]``, [2, b, ...]).
     """
     shards = expand_urls(urls)
     workers = max(1, num_workers)
@@ -221,5 +230,6 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     consumed = int(state.get("consumed", 0))
     positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
     stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
-                         repeat, caption, positions, worker_offset=consumed % workers)
+                         repeat, caption, positions, worker_offset=consumed % workers,
+                         view_transform=view_transform)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))

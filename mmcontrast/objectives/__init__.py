@@ -13,6 +13,7 @@ from .clip import ClipLoss, clamp_logit_scale
 from .hard_negatives import DebiasedLoss, DecoupledLoss, HardNegativeHCL, HardNegativeNCE, WeightedDecoupledLoss
 from .momentum import MomentumDistillation
 from .siglip import SigLipLoss
+from .slip import SLIPLoss
 
 OBJECTIVES = {
     "clip": ClipLoss,
@@ -23,6 +24,7 @@ OBJECTIVES = {
     "dcl": DecoupledLoss,
     "dclw": WeightedDecoupledLoss,
     "momentum": MomentumDistillation,
+    "slip": SLIPLoss,
 }
 
 
@@ -41,4 +43,5 @@ def make_objective(name: str, **kwargs):
 
 
 __all__ = ["OBJECTIVES", "ClipLoss", "DebiasedLoss", "DecoupledLoss", "HardNegativeHCL", "HardNegativeNCE",
-           "MomentumDistillation", "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale", "make_objective", "objective_options"]
+           "MomentumDistillation", "SLIPLoss", "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale",
+           "make_objective", "objective_options"]

@@ -64,7 +64,7 @@ class MomentumDistillation(torch.nn.Module):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self._pending: tuple | None = None
-        self.teacher_autocast = nullcontext  # the trainer sets its mixed-precision context here
+        self.model_autocast = nullcontext  # the trainer sets its mixed-precision context here
 
     # ---------------------------------------------------------------- set-up and state
 
@@ -106,7 +106,7 @@ class MomentumDistillation(torch.nn.Module):
         b = u.shape[0]
         ids = batch_ids(batch)
         with torch.no_grad():
-            with self.teacher_autocast():
+            with self.model_autocast():
                 teacher_out = self.teacher(batch["image"], batch["text"])
             u_m, v_m = at_least_fp32(teacher_out["image_features"]), at_least_fp32(teacher_out["text_features"])
             all_u_m, all_v_m = all_gather_no_grad(u_m), all_gather_no_grad(v_m)
