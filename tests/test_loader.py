@@ -100,3 +100,27 @@ def test_stream_without_a_full_batch_stops_with_a_message(broken_shards):
     loader = mc.make_loader(broken_shards, _transform, _tokenizer, batch_size=50, shuffle_buffer=0)
     with pytest.raises(UserError, match="gave no full batch of 50 samples"):
         next(iter(loader))
+
+
+def test_ids_from_a_json_field_mark_rows_of_one_image(tmp_path):
+    """Three rows of one image (as ``data_prep shards`` writes a CSV with repeated images) share an id."""
+    import json
+    rows = [("img_a.jpg", 0), ("img_b.jpg", 1), ("img_a.jpg", 0), ("img_c.jpg", 2), ("img_a.jpg", 0)]
+    samples = [{"__key__": f"{n:04d}", "jpg": _jpeg(i), "txt": f"caption {n}", "json": json.dumps({"source": src})}
+               for n, (src, i) in enumerate(rows)]
+    samples.append({"__key__": "nojson", "jpg": _jpeg(7), "txt": "no metadata"})
+    write_shard(tmp_path / "a.tar", samples)
+    loader = mc.make_loader([str(tmp_path / "a.tar")], _transform, _tokenizer, 6, shuffle_buffer=0, repeat=False,
+                            ids_from="source")
+    batch = next(iter(loader))
+    ids = dict(zip(batch["key"], batch["ids"].tolist()))
+    assert ids["0000"] == ids["0002"] == ids["0004"]
+    assert len({ids["0000"], ids["0001"], ids["0003"], ids["nojson"]}) == 4
+    plain = next(iter(mc.make_loader([str(tmp_path / "a.tar")], _transform, _tokenizer, 6, shuffle_buffer=0,
+                                     repeat=False)))
+    assert "ids" not in plain
+    # the ids reach the objective: the rows of img_a are positives of each other
+    from mmcontrast.objectives.pairs import PairwiseObjective
+    u = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    positives = PairwiseObjective().pairs(u, u, torch.tensor(1.0), batch["ids"]).positives
+    assert positives.sum().item() == 3 * 3 + 3

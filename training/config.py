@@ -39,6 +39,8 @@ class DataConfig:
     workers: int = 1                # data loader processes per training process
     shuffle_buffer: int = 2000
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
+    ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
+                                    # path data_prep records), so captions of one image are not negatives
 
 
 @dataclass

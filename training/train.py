@@ -163,7 +163,7 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
-                            view_transform=views)
+                            view_transform=views, ids_from=cfg.data.ids_from)
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
                    objective, loader, step)
 

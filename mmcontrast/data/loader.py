@@ -14,7 +14,9 @@ sees exactly the batches it would have seen. The loader is not passed through
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import random
 import tarfile
 import zlib
@@ -50,9 +52,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, urls: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
                  seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
                  caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
-                 view_transform: Callable | None = None):
+                 view_transform: Callable | None = None, ids_from: str = ""):
         super().__init__()
-        self.view_transform = view_transform
+        self.view_transform, self.ids_from = view_transform, ids_from
         self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
         self._shard_index = {url: i for i, url in enumerate(urls)}
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
@@ -122,9 +124,23 @@ class ShardStream(torch.utils.data.IterableDataset):
             views = (self.view_transform(img), self.view_transform(img)) if self.view_transform else None
         return image, caption, views
 
+    def _positive_id(self, sample: dict, sample_id: str) -> int:
+        """A 64-bit id of the sample's ``ids_from`` field in ``key.json`` (e.g. the source image path):
+        samples that share it are positives of each other. A sample without the field is its own group."""
+        if not self.ids_from:
+            return 0
+        try:
+            value = json.loads(sample["json"]).get(self.ids_from) if "json" in sample else None
+        except (ValueError, AttributeError):
+            value = None
+        text = f"{self.ids_from}={value}" if value is not None else f"sample={sample_id}"
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
     def _batch(self, items: list) -> dict:
-        images, captions, views, keys = zip(*items)
+        images, captions, views, keys, ids = zip(*items)
         batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
+        if self.ids_from:
+            batch["ids"] = torch.tensor(ids, dtype=torch.long)
         if self.view_transform:
             batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,b,...]
         return batch
@@ -153,7 +169,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                     continue
                 # keys may repeat across sources; the shard's index (not its path) keeps a moved dataset identical
                 sample_id = f"{self._shard_index[sample['__url__']]}/{sample['__key__']}"
-                items.append((*self._prepare(*decoded, sample_id, epoch), sample["__key__"]))
+                items.append((*self._prepare(*decoded, sample_id, epoch), sample["__key__"],
+                              self._positive_id(sample, sample_id)))
                 if len(items) == self.batch_size:
                     batch_index += 1
                     yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
@@ -212,7 +229,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
                 seed: int = 0, shuffle_buffer: int = 2000, num_workers: int = 0, rank: int = 0,
                 world_size: int = 1, repeat: bool = True, caption: str = "random",
                 pin_memory: bool = False, state: dict | None = None,
-                view_transform: Callable | None = None) -> Loader:
+                view_transform: Callable | None = None, ids_from: str = "") -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
     ``repeat=True`` streams forever (training; each rank runs as many steps as it is asked);
@@ -220,6 +237,9 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     ``caption``: ``"random"`` picks one line of ``key.txt`` per sample and epoch, ``"first"`` the first.
     ``state``: a ``Loader.state_dict()`` to continue from.
     ``view_transform``: also give each sample two views made by it (``batch["image_views"]``, [2, b, ...]).
+    ``ids_from``: a field of ``key.json`` (e.g. ``source``, the image path ``data_prep shards`` records)
+    whose equal values make samples positives of each other (``batch["ids"]``: several captions of one
+    image are then never negatives).
     """
     shards = expand_urls(urls)
     workers = max(1, num_workers)
@@ -231,5 +251,5 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
     stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
                          repeat, caption, positions, worker_offset=consumed % workers,
-                         view_transform=view_transform)
+                         view_transform=view_transform, ids_from=ids_from)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))
