@@ -70,7 +70,7 @@ def main() -> None:
         diff = max((ga[k] - gb[k]).abs().max().item() for k in ga)
         rel = max(((ga[k] - gb[k]).norm() / ga[k].norm()).item() for k in ga if ga[k].norm() > 0)
     step = {m: r[m]["peak_mb"] - r[m]["before_mb"] for m in r}
-    print(f"| mode | step peak memory above baseline (MiB) | process peak RSS (MiB) | step time (s) | loss |")
+    print("| mode | step peak memory above baseline (MiB) | process peak RSS (MiB) | step time (s) | loss |")
     print("|---|---:|---:|---:|---:|")
     for m in ("plain", "gradcache"):
         name = "plain full batch" if m == "plain" else f"GradCache, chunk {args.chunk}"

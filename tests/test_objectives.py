@@ -258,3 +258,25 @@ def test_two_processes_equal_one_process_for_every_objective():
         torch.testing.assert_close(got[4], gb, msg=case)
         torch.testing.assert_close(torch.cat([r[case][1] for r in results]) / 2, gi, msg=case)
         torch.testing.assert_close(torch.cat([r[case][2] for r in results]) / 2, gt, msg=case)
+
+
+def test_sampled_itm_negatives_never_hit_a_positive_and_follow_the_softmax():
+    """METHODS.md §4 test 7: 10⁴ draws per row, no positive drawn, frequencies pass a χ² test."""
+    from scipy.stats import chisquare
+
+    from mmcontrast.objectives import sample_hard_negatives
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(4, 6, generator=g) * 2
+    positives = torch.zeros(4, 6, dtype=torch.bool)
+    positives[torch.arange(4), torch.arange(4)] = True
+    positives[0, 5] = True  # a second caption of image 0
+    draws = torch.stack([sample_hard_negatives(sim, positives, generator=g) for _ in range(10_000)])  # [10⁴, 4]
+    assert not positives.gather(1, draws.T).any()
+    for row in range(4):
+        allowed = ~positives[row]
+        expected = sim[row].double().softmax(0)[allowed]
+        expected = expected / expected.sum() * 10_000
+        observed = torch.bincount(draws[:, row], minlength=6)[allowed].double()
+        assert chisquare(observed.numpy(), expected.double().numpy()).pvalue > 1e-3
+    with pytest.raises(ValueError, match="no candidate that is not a positive"):
+        sample_hard_negatives(sim, torch.ones(4, 6, dtype=torch.bool))

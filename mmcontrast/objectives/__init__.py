@@ -10,7 +10,14 @@ from __future__ import annotations
 import inspect
 
 from .clip import ClipLoss, clamp_logit_scale
-from .hard_negatives import DebiasedLoss, DecoupledLoss, HardNegativeHCL, HardNegativeNCE, WeightedDecoupledLoss
+from .hard_negatives import (
+    DebiasedLoss,
+    DecoupledLoss,
+    HardNegativeHCL,
+    HardNegativeNCE,
+    WeightedDecoupledLoss,
+    sample_hard_negatives,
+)
 from .momentum import MomentumDistillation
 from .siglip import SigLipLoss
 from .slip import SLIPLoss
@@ -44,4 +51,4 @@ def make_objective(name: str, **kwargs):
 
 __all__ = ["OBJECTIVES", "ClipLoss", "DebiasedLoss", "DecoupledLoss", "HardNegativeHCL", "HardNegativeNCE",
            "MomentumDistillation", "SLIPLoss", "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale",
-           "make_objective", "objective_options"]
+           "make_objective", "objective_options", "sample_hard_negatives"]

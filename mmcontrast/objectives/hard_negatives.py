@@ -129,3 +129,18 @@ class WeightedDecoupledLoss(DecoupledLoss):
 
     def __init__(self, sigma: float = 0.5, local_loss: bool = True, gather_with_grad: bool = True):
         super().__init__(weighted=True, sigma=sigma, local_loss=local_loss, gather_with_grad=gather_with_grad)
+
+
+def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """One negative per row, drawn from softmax(similarity) over the row's non-positives (ALBEF/BLIP ITM).
+
+    ALBEF samples, for each text, a negative image with probability ∝ softmax(sim) after zeroing the
+    positive (``model_pretrain.py``; BLIP also masks every same-id pair). Computed in fp32 with a tiny
+    floor so that a row whose non-positive weights underflow still samples (``multinomial`` rejects
+    an all-zero row); a row with no non-positive at all is an error.
+    """
+    if (~positives).sum(dim=1).min() == 0:
+        raise ValueError("a row has no candidate that is not a positive: nothing to sample as a negative")
+    weights = similarity.detach().float().softmax(dim=1).masked_fill(positives, 0) + 1e-12 * (~positives)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
