@@ -146,12 +146,13 @@ def test_trainer_updates_once_per_step_and_checkpoints_the_teacher(small_demo, t
     from training.train import train
 
     from .test_train import _cfg
-    cfg = _cfg(small_demo, "objective.name=momentum", "objective.options={queue_size: 100, alpha_ramp_steps: 4}",
-               "schedule.steps=6", "checkpoint.every=3", "eval.retrieval=", "eval.zeroshot=", "train.chunk_size=8")
-    train(cfg, tmp_path / "a", stop_after=3)
+    cfg = _cfg(small_demo, "objective.name=momentum", "objective.options={queue_size: 40, alpha_ramp_steps: 4}",
+               "schedule.steps=4", "checkpoint.every=2", "eval.retrieval=", "eval.zeroshot=", "train.chunk_size=8",
+               "data.batch_size=16")
+    train(cfg, tmp_path / "a", stop_after=2)
     from safetensors.torch import load_file
-    state = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000003" / "objective.safetensors"))
-    assert state["step"].item() == 3 and state["filled"].item() == 96  # 3 steps × 32, once per step (not per chunk)
+    state = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000002" / "objective.safetensors"))
+    assert state["step"].item() == 2 and state["filled"].item() == 32  # 2 steps × 16, once per step (not per chunk)
     train(cfg, tmp_path / "a", resume="auto")
     train(cfg, tmp_path / "b")
     a = load_file(str(tmp_path / "a" / "final" / "open_clip_model.safetensors"))

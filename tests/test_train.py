@@ -52,14 +52,14 @@ def test_short_run_learns_and_writes_everything(full_run):
         assert key in record
 
 
-def test_resume_ends_with_identical_parameters(full_run, small_demo, tmp_path):
-    run, _ = full_run
-    cfg = _cfg(small_demo)
-    train(cfg, tmp_path, stop_after=30)            # "killed" after step 30 (checkpointed at 30)
-    assert not (tmp_path / "final").exists()
-    train(cfg, tmp_path, resume="auto")
-    ref = load_file(str(run / "final" / "open_clip_model.safetensors"))
-    got = load_file(str(tmp_path / "final" / "open_clip_model.safetensors"))
+def test_resume_ends_with_identical_parameters(small_demo, tmp_path):
+    cfg = _cfg(small_demo, "schedule.steps=12", "checkpoint.every=3", "eval.retrieval=", "eval.zeroshot=")
+    train(cfg, tmp_path / "whole")
+    train(cfg, tmp_path / "resumed", stop_after=6)            # "killed" after step 6 (checkpointed at 6)
+    assert not (tmp_path / "resumed" / "final").exists()
+    train(cfg, tmp_path / "resumed", resume="auto")
+    ref = load_file(str(tmp_path / "whole" / "final" / "open_clip_model.safetensors"))
+    got = load_file(str(tmp_path / "resumed" / "final" / "open_clip_model.safetensors"))
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
