@@ -158,3 +158,37 @@ def test_trainer_updates_once_per_step_and_checkpoints_the_teacher(small_demo, t
     a = load_file(str(tmp_path / "a" / "final" / "open_clip_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "final" / "open_clip_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # resumed with teacher and queues = uninterrupted
+
+
+def _two_step_run(rank: int, world: int):
+    """Two steps of the objective (enqueue between them) on this rank's half of a batch of 8."""
+    model = _model()
+    objective = _objective(model, queue_size=12, alpha=0.4)
+    b = 8 // world
+    full = {**_batch(8), "ids": torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])}
+    mine = {k: v[rank * b:(rank + 1) * b] for k, v in full.items()}
+    objective(**model(mine["image"], mine["text"]), batch=mine)
+    objective.after_step(model)
+    u = model.encode_image(mine["image"], normalize=True).detach().requires_grad_()
+    v = model.encode_text(mine["text"], normalize=True).detach()
+    loss = objective(u, v, model.logit_scale.exp().detach(), batch=mine)["loss"]
+    loss.backward()
+    return loss.detach(), u.grad, objective.image_queue.clone(), objective.id_queue.clone()
+
+
+def _worker(rank, world):
+    loss, grad, queue, ids = _two_step_run(rank, world)
+    torch.distributed.all_reduce(loss)
+    return loss / world, grad, queue, ids
+
+
+def test_two_processes_equal_one_process():
+    """Keys and queues are gathered from every rank: the same loss, gradients and queues as one process."""
+    from .spawn import run_workers
+    results = run_workers(_worker, 2)
+    loss, grad, queue, ids = _two_step_run(0, 1)
+    for r_loss, _, r_queue, r_ids in results:
+        torch.testing.assert_close(r_loss, loss)
+        torch.testing.assert_close(r_queue, queue)
+        assert torch.equal(r_ids, ids)
+    torch.testing.assert_close(torch.cat([r[1] for r in results]) / 2, grad)
