@@ -113,14 +113,14 @@ def test_ids_from_a_json_field_mark_rows_of_one_image(tmp_path):
     loader = mc.make_loader([str(tmp_path / "a.tar")], _transform, _tokenizer, 6, shuffle_buffer=0, repeat=False,
                             ids_from="source")
     batch = next(iter(loader))
-    ids = dict(zip(batch["key"], batch["ids"].tolist()))
+    ids = dict(zip(batch["key"], batch["sample_id"].tolist()))
     assert ids["0000"] == ids["0002"] == ids["0004"]
     assert len({ids["0000"], ids["0001"], ids["0003"], ids["nojson"]}) == 4
     plain = next(iter(mc.make_loader([str(tmp_path / "a.tar")], _transform, _tokenizer, 6, shuffle_buffer=0,
                                      repeat=False)))
-    assert "ids" not in plain
+    assert "sample_id" not in plain
     # the ids reach the objective: the rows of img_a are positives of each other
     from mmcontrast.objectives.pairs import PairwiseObjective
     u = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
-    positives = PairwiseObjective().pairs(u, u, torch.tensor(1.0), batch["ids"]).positives
+    positives = PairwiseObjective().pairs(u, u, torch.tensor(1.0), batch["sample_id"]).positives
     assert positives.sum().item() == 3 * 3 + 3

@@ -120,7 +120,7 @@ def test_right_after_the_copy_alpha_1_gives_zero_logit_gradient():
 def test_targets_sum_to_one_and_ids_mark_queue_positives():
     model = _model()
     objective = _objective(model, queue_size=16, alpha=0.0)
-    batch = {**_batch(), "ids": torch.tensor([7, 7, 1, 2, 3, 4])}
+    batch = {**_batch(), "sample_id": torch.tensor([7, 7, 1, 2, 3, 4])}
     objective(**model(batch["image"], batch["text"]), batch=batch)
     objective.after_step(model)
     # the same images again: every anchor's copy in the queue is a positive; with α = 0 the loss is the
@@ -129,7 +129,7 @@ def test_targets_sum_to_one_and_ids_mark_queue_positives():
     loss = objective(**out, batch=batch)["loss"]
     with torch.no_grad():
         t = objective.teacher(batch["image"], batch["text"])
-    ids = batch["ids"]
+    ids = batch["sample_id"]
     key_ids = torch.cat([ids, ids])
     targets = (ids[:, None] == key_ids[None, :]).float()
     targets = targets / targets.sum(1, keepdim=True)
@@ -165,7 +165,7 @@ def _two_step_run(rank: int, world: int):
     model = _model()
     objective = _objective(model, queue_size=12, alpha=0.4)
     b = 8 // world
-    full = {**_batch(8), "ids": torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])}
+    full = {**_batch(8), "sample_id": torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])}
     mine = {k: v[rank * b:(rank + 1) * b] for k, v in full.items()}
     objective(**model(mine["image"], mine["text"]), batch=mine)
     objective.after_step(model)

@@ -80,7 +80,7 @@ def test_siglip_ids_make_same_id_pairs_positive():
     logits = S * u @ v.T + B
     z = 2 * (ids[:, None] == ids[None, :]).double() - 1
     expected = -F.logsigmoid(z * logits).sum() / 6
-    torch.testing.assert_close(SigLipLoss()(u, v, S, B, batch={"ids": ids})["loss"], expected)
+    torch.testing.assert_close(SigLipLoss()(u, v, S, B, batch={"sample_id": ids})["loss"], expected)
 
 
 def test_siglip_needs_a_bias():
@@ -95,7 +95,7 @@ def test_siglip_needs_a_bias():
 def test_multi_positive_with_unique_ids_is_infonce():
     u, v = _features()
     plain = ClipLoss()(u, v, S)["loss"]
-    torch.testing.assert_close(ClipLoss()(u, v, S, batch={"ids": torch.arange(12) * 7})["loss"], plain,
+    torch.testing.assert_close(ClipLoss()(u, v, S, batch={"sample_id": torch.arange(12) * 7})["loss"], plain,
                                rtol=1e-12, atol=0)
 
 
@@ -219,7 +219,7 @@ def _loss_and_grads(name, options, x_img, x_txt, ids):
     x_img, x_txt = x_img.clone().requires_grad_(), x_txt.clone().requires_grad_()
     t = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-5.0, dtype=torch.float64, requires_grad=True)
-    batch = {"ids": ids} if name != "siglip" or "chunk_size" in options else None
+    batch = {"sample_id": ids} if name != "siglip" or "chunk_size" in options else None
     loss = mc.make_objective(name, **options)(F.normalize(x_img, dim=-1), F.normalize(x_txt, dim=-1), t.exp(),
                                               logit_bias=bias, batch=batch)["loss"]
     loss.backward()

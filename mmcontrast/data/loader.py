@@ -140,7 +140,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         images, captions, views, keys, ids = zip(*items)
         batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
         if self.ids_from:
-            batch["ids"] = torch.tensor(ids, dtype=torch.long)
+            batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
         if self.view_transform:
             batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,b,...]
         return batch
@@ -238,7 +238,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     ``state``: a ``Loader.state_dict()`` to continue from.
     ``view_transform``: also give each sample two views made by it (``batch["image_views"]``, [2, b, ...]).
     ``ids_from``: a field of ``key.json`` (e.g. ``source``, the image path ``data_prep shards`` records)
-    whose equal values make samples positives of each other (``batch["ids"]``: several captions of one
+    whose equal values make samples positives of each other (``batch["sample_id"]``: several captions of one
     image are then never negatives).
     """
     shards = expand_urls(urls)

@@ -64,5 +64,5 @@ class PairwiseObjective:
 
 
 def batch_ids(batch: dict | None) -> torch.Tensor | None:
-    """The batch's sample ids (``batch["ids"]``, int64 [b]) when it has them."""
-    return None if batch is None else batch.get("ids")
+    """The batch's sample ids (``batch["sample_id"]``, int64 [b]) when it has them."""
+    return None if batch is None else batch.get("sample_id")
