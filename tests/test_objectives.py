@@ -186,7 +186,7 @@ def test_decoupled_identity():
     torch.testing.assert_close(DecoupledLoss()(u, v, S)["loss"], expected, rtol=1e-12, atol=0)
 
 
-def test_dclw_weights_average_one_and_equal_positives_reduce_to_dcl():
+def test_dclw_with_equal_positives_is_dcl_and_otherwise_differs():
     e = torch.eye(5, dtype=torch.float64)  # every positive has the same cosine → every weight is 1
     torch.testing.assert_close(WeightedDecoupledLoss()(e, e, S)["loss"], DecoupledLoss()(e, e, S)["loss"])
     u, v = _features()
