@@ -115,6 +115,22 @@ def test_chunked_equals_full_matrix_with_ties(chunk):
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
+@pytest.mark.parametrize("max_rank", [1, 2, 5, 10, 36])
+def test_capped_ranks_equal_exact_ranks_below_the_cap(max_rank):
+    """The topk path (ranks ≥ max_rank reported as max_rank) on tie-heavy embeddings and on random ones."""
+    g = torch.Generator().manual_seed(3)
+    tied_img = torch.randint(-2, 3, (37, 4), generator=g).float()
+    tied_txt = torch.randint(-2, 3, (90, 4), generator=g).float()
+    tied_txt[10:20] = tied_txt[0]
+    t2i_map = torch.randint(0, 36, (90,), generator=g)
+    rand_img, rand_txt = torch.randn(37, 4, generator=g), torch.randn(90, 4, generator=g)
+    for img, txt in ((tied_img, tied_txt), (rand_img, rand_txt)):
+        exact = retrieval_ranks(img, txt, t2i_map, chunk_size=7)
+        capped = retrieval_ranks(img, txt, t2i_map, chunk_size=7, max_rank=max_rank)
+        for e, c in zip(exact, capped):
+            assert torch.equal(c, e.clamp(max=max_rank))
+
+
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
 def test_faiss_backend_equals_exact_without_ties(index):
     from mmcontrast.metrics.faiss_retrieval import faiss_retrieval_metrics

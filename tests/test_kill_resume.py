@@ -1,0 +1,81 @@
+"""A run killed with SIGKILL and resumed with ``--resume auto`` ends bit-identical to an uninterrupted run.
+
+Both runs go through the command line, one and two processes (``accelerate launch``, gloo on the CPU).
+The kill lands wherever the run happens to be — mid-step, mid-checkpoint-write — once it has logged a
+step past the first checkpoint; resume continues from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+STEPS, KILL_AFTER = 8, 5
+
+
+def _command(small_demo, out: Path, processes: int, *extra) -> list[str]:
+    launch = [sys.executable, "-m", "training"]
+    if processes > 1:
+        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "-m", "training"]
+    return [*launch, "--config", "training/configs/tiny.yaml", "--output", str(out),
+            f"data.train={small_demo / 'train'}", "data.batch_size=8", "data.workers=2", "data.shuffle_buffer=50",
+            f"schedule.steps={STEPS}", "schedule.warmup=2", "log.every=1", "checkpoint.every=2",
+            "checkpoint.keep=2", "eval.retrieval=", "eval.zeroshot=", "precision=fp32", *extra]
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # a line is complete once its newline is written
+    return [r["step"] for r in map(json.loads, lines) if "grad_norm" in r]
+
+
+def _kill_midway(cmd: list[str], run: Path) -> None:
+    """Start the run in its own process group and SIGKILL the whole group once step KILL_AFTER is logged."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while max(_logged_steps(run), default=0) < KILL_AFTER:
+        assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "the run logged no step in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "final").exists()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_then_resume_equals_the_uninterrupted_run(small_demo, tmp_path, processes):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(_command(small_demo, whole, processes))
+    _kill_midway(_command(small_demo, killed, processes), killed)
+    _run(_command(small_demo, killed, processes, "--resume", "auto"))
+    # the resumed run logged every step again from its checkpoint on, with the world size asked for
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert {r["world_size"] for r in records if "grad_norm" in r} == {processes}
+    assert _logged_steps(killed)[-1] == STEPS
+    ref = load_file(str(whole / "final" / "open_clip_model.safetensors"))
+    got = load_file(str(killed / "final" / "open_clip_model.safetensors"))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert kept == [f"step_{STEPS - 2:07d}", f"step_{STEPS:07d}"]  # the last two, no leftover .tmp
