@@ -80,3 +80,51 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(small_demo, tmp_path):
     resumed = [r["step"] for r in _records(tmp_path) if "grad_norm" in r]
     assert resumed[-3:] == [step, step + 1, step + 2]
     assert (tmp_path / "checkpoints" / f"step_{step + 2:07d}" / "state.json").is_file()
+
+
+@pytest.fixture()
+def faulty_shards(tmp_path: Path) -> Path:
+    """Two shards of 40 samples: 3 corrupt JPEGs in each, 3 samples without a caption in a.tar; b.tar is
+    truncated in the middle of its sample 36. Per pass: 67 usable samples, 9 bad ones, 1 truncated shard."""
+    from data_prep.writer import write_shard
+
+    from .test_loader import _good, _jpeg
+    for name, base in (("a", 0), ("b", 100)):
+        samples = [_good(base + i) for i in range(40)]
+        for j in (3, 11, 19):
+            samples[j] = {"__key__": f"corrupt{base + j}", "jpg": _jpeg(base + j)[:80], "txt": "a broken image"}
+        if name == "a":
+            for j in (5, 13, 21):
+                samples[j] = {"__key__": f"nocaption{j}", "jpg": _jpeg(j)}
+        write_shard(tmp_path / f"{name}.tar", samples)
+    data = (tmp_path / "b.tar").read_bytes()
+    (tmp_path / "b.tar").write_bytes(data[:data.index(b"k0136.jpg") + 512 + 100])
+    return tmp_path
+
+
+def _faulty_cfg(shards: Path, *extra):
+    return load_config("training/configs/tiny.yaml", [
+        f"data.train={shards}/{{a,b}}.tar", "data.batch_size=8", "data.workers=1", "data.shuffle_buffer=0",
+        "schedule.steps=40", "log.every=5", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=",
+        "precision=fp32", *extra])
+
+
+def test_broken_samples_and_shards_are_skipped_counted_and_reported(faulty_shards, tmp_path):
+    train(_faulty_cfg(faulty_shards, "data.max_bad_fraction=0.2"), tmp_path / "run")
+    records = [r for r in _records(tmp_path / "run") if "grad_norm" in r]
+    assert records[-1]["step"] == 40 and records[-1]["samples_read"] == 320
+    counts = records[-1]["skipped_samples"]
+    # 320 usable samples are 4.8 passes, each skipping 6 corrupt images and 3 missing captions before its
+    # last usable sample, and a truncated shard at its very end — not yet reached in the fifth pass, whose
+    # (seeded) shard order reads a.tar last
+    assert counts == {"corrupt_image": 30, "missing_caption": 15, "truncated_shard": 4}, counts
+    meta = json.loads((tmp_path / "run" / "final" / "mmcontrast.json").read_text())
+    assert meta["skipped_samples"] == counts
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"corrupt_image {counts['corrupt_image']}, missing_caption {counts['missing_caption']}" in report
+
+
+def test_too_many_bad_samples_stop_the_run(faulty_shards, tmp_path):
+    with pytest.raises(UserError, match=r"were unusable, more than data.max_bad_fraction = 0.05"):
+        train(_faulty_cfg(faulty_shards, "data.max_bad_fraction=0.05"), tmp_path / "run")
+    assert not (tmp_path / "run" / "final").exists()

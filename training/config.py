@@ -41,6 +41,7 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
+    max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable
 
 
 @dataclass
@@ -221,6 +222,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         raise UserError(f"config key precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     if cfg.train.chunk_size < 0:
         raise UserError(f"config key train.chunk_size must be ≥ 0 (0: no GradCache), got {cfg.train.chunk_size}")
+    if not 0 <= cfg.data.max_bad_fraction <= 1:
+        raise UserError(f"config key data.max_bad_fraction must be between 0 and 1, got {cfg.data.max_bad_fraction}")
     if cfg.data.batch_size < 1 or cfg.schedule.steps < 1:
         raise UserError("data.batch_size and schedule.steps must be at least 1")
     return cfg

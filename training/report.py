@@ -67,8 +67,10 @@ def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run: Path, result: dict) -> str:
-    """Write ``report.md`` and ``curves.png`` into ``run``; returns the Markdown table."""
+def write_report(run: Path, result: dict, faults: dict[str, int] | None = None) -> str:
+    """Write ``report.md`` and ``curves.png`` into ``run``; returns the Markdown table.
+
+    ``faults``: what the loader skipped during training, by reason."""
     run = Path(run)
     train, evals = read_metrics(run / "metrics.jsonl")
     plot_curves(train, evals, run / "curves.png")
@@ -78,6 +80,9 @@ def write_report(run: Path, result: dict) -> str:
              f"Held-out evaluation after {last.get('step', '?')} steps "
              f"(final loss {last.get('loss', float('nan')):.3f}, logit scale {last.get('logit_scale', 0):.1f}).", "",
              table, "![curves](curves.png)", ""]
+    if faults is not None:
+        skipped = ", ".join(f"{reason} {n}" for reason, n in faults.items()) or "nothing"
+        lines += [f"Skipped while reading the training shards: {skipped}.", ""]
     if "retrieval" in result:
         r = result["retrieval"]
         lines.insert(4, f"Retrieval set: {r['images']} images, {r['texts']} captions. "

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import mmcontrast as mc
 from mmcontrast.distributed import average_gradients
+from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS
 from mmcontrast.errors import UserError
 from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.locking import lock_towers, set_train_mode
@@ -35,6 +36,7 @@ from .report import write_report
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
+MIN_SAMPLES_TO_JUDGE = 256  # samples read before the bad-sample fraction can stop a run
 
 
 class StopFlag:
@@ -233,9 +235,10 @@ def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
             bad_steps, t.step = 0, t.step + 1
             bar.update(1)
             if t.step % cfg.log.every == 0 or t.step == last:
-                record = meter.record(t, losses, grad_norm)
+                record = meter.record(t, losses, grad_norm)  # collective: sums the data faults of all ranks
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", scale=f"{record['logit_scale']:.1f}")
+                check_bad_fraction(record, cfg.data.max_bad_fraction, t.out / "checkpoints")
             if (cfg.checkpoint.every and t.step % cfg.checkpoint.every == 0) or t.step == last or must_stop:
                 t.checkpoint()
             if must_stop:
@@ -246,14 +249,37 @@ def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
     bar.close()
     if t.step < cfg.schedule.steps:
         return {}
+    faults = data_faults(t)
     if main:
         mc.save_model_dir(t.unwrapped, t.out / "final", meta={"step": t.step, "config": to_dict(cfg),
-                                                              "skipped_samples": t.loader.skipped})
+                                                              "skipped_samples": faults})
     result = run_eval(cfg, t.unwrapped, t.accelerator, log, t.step)
     if main:
-        print(write_report(t.out, result))
+        print(write_report(t.out, result, faults))
+        if faults:
+            print(f"skipped while reading the training shards: {faults} (also in metrics.jsonl and report.md)")
     t.accelerator.wait_for_everyone()
     return result
+
+
+def data_faults(t: Trainer) -> dict[str, int]:
+    """What every rank's loader skipped, by reason, summed over ranks (a collective), nonzero counts only."""
+    reasons = SAMPLE_FAULTS + SHARD_FAULTS
+    own = t.loader.skipped
+    counts = torch.tensor([own.get(r, 0) for r in reasons], dtype=torch.float64, device=t.accelerator.device)
+    counts = t.accelerator.reduce(counts, reduction="sum").tolist()
+    return {r: int(c) for r, c in zip(reasons, counts) if c}
+
+
+def check_bad_fraction(record: dict, max_fraction: float, checkpoints: Path) -> None:
+    """Stop (on every rank alike: the counts are global) when too much of the data read was unusable."""
+    faults = record["skipped_samples"]
+    bad = sum(faults.get(r, 0) for r in SAMPLE_FAULTS)
+    read = bad + record["samples_read"]
+    if read >= MIN_SAMPLES_TO_JUDGE and bad > max_fraction * read:
+        raise UserError(f"{bad} of {read} samples read ({100 * bad / read:.1f}%) were unusable, more than "
+                        f"data.max_bad_fraction = {max_fraction:g} ({faults}); check the shards (python -m data_prep "
+                        f"check DIR) or raise the limit; checkpoints so far are kept in {checkpoints}")
 
 
 class Meter:
@@ -282,7 +308,7 @@ class Meter:
                   "logit_scale": t.unwrapped.logit_scale.exp().item(), "grad_norm": grad_norm.item(),
                   **({"logit_bias": t.unwrapped.logit_bias.item()} if "logit_bias" in loss_params(t.unwrapped) else {}),
                   "samples_per_s": self.steps * self.global_batch / elapsed, "data_wait": self.waited / elapsed,
-                  "skipped_samples": t.loader.skipped}
+                  "samples_read": t.loader.consumed * self.global_batch, "skipped_samples": data_faults(t)}
         self.steps, self.waited, self.since = 0, 0.0, now
         return record
 

@@ -32,6 +32,9 @@ from .urls import expand_urls
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt",)
+# Why data was skipped: per sample, and per shard (a broken shard counts once per pass, however it fails)
+SAMPLE_FAULTS = ("corrupt_image", "missing_caption", "missing_image", "bad_tar_entry")
+SHARD_FAULTS = ("truncated_shard", "unreadable_shard")
 
 
 def _seed(*parts) -> int:
