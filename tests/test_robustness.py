@@ -116,7 +116,7 @@ def test_broken_samples_and_shards_are_skipped_counted_and_reported(faulty_shard
     counts = records[-1]["skipped_samples"]
     # 320 usable samples are 4.8 passes, each skipping 6 corrupt images and 3 missing captions before its
     # last usable sample, and a truncated shard at its very end — not yet reached in the fifth pass, whose
-    # (seeded) shard order reads a.tar last
+    # (seeded) shard order reads b.tar last
     assert counts == {"corrupt_image": 30, "missing_caption": 15, "truncated_shard": 4}, counts
     meta = json.loads((tmp_path / "run" / "final" / "mmcontrast.json").read_text())
     assert meta["skipped_samples"] == counts
