@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,55 @@ def test_ids_from_a_json_field_mark_rows_of_one_image(tmp_path):
     u = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
     positives = PairwiseObjective().pairs(u, u, torch.tensor(1.0), batch["sample_id"]).positives
     assert positives.sum().item() == 3 * 3 + 3
+
+
+@pytest.fixture()
+def two_sources(tmp_path: Path) -> str:
+    """Source a: 4 shards of 5 samples (keys a…), source b: 1 shard of 5 (keys b…)."""
+    for s in range(4):
+        write_shard(tmp_path / f"a{s}.tar", [{**_good(10 * s + i), "__key__": f"a{s}{i}"} for i in range(5)])
+    write_shard(tmp_path / "b0.tar", [{**_good(100 + i), "__key__": f"b0{i}"} for i in range(5)])
+    return f"{tmp_path}/a{{0..3}}.tar::{tmp_path}/b0.tar"
+
+
+def test_source_weights_set_the_share_of_each_source(two_sources):
+    """2,000 samples = 400 shard draws; b's share is Binomial(400, 0.75)/400 (sd 0.022) — within 4 sd."""
+    loader = mc.make_loader(two_sources, _transform, _tokenizer, 50, resampled=True, weights=[0.25, 0.75],
+                            epoch_samples=500, shuffle_buffer=0)
+    it = iter(loader)
+    keys = [k for _ in range(40) for k in next(it)["key"]]
+    share_b = sum(k.startswith("b") for k in keys) / len(keys)
+    assert abs(share_b - 0.75) < 4 * 0.022, share_b
+    # weight 0: the source is never drawn; no weights: every shard alike (b then holds 1/5 of the draws)
+    only_a = mc.make_loader(two_sources, _transform, _tokenizer, 50, resampled=True, weights=[1, 0], epoch_samples=500)
+    assert all(k.startswith("a") for batch in itertools.islice(only_a, 10) for k in batch["key"])
+
+
+def test_virtual_epochs_have_a_fixed_number_of_batches(two_sources):
+    # 60 samples per virtual epoch, batch 8, one slot: ceil(60 / 8) = 8 batches, then the next epoch
+    loader = mc.make_loader(two_sources, _transform, _tokenizer, 8, resampled=True, epoch_samples=60)
+    positions = []
+    for _, _ in zip(range(10), loader):
+        positions.append(loader.positions[0])
+    assert positions == [(0, i) for i in range(1, 9)] + [(1, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resampled_stream_resumes_exactly(two_sources, workers):
+    args = (two_sources, _transform, _tokenizer, 8)
+    kw = dict(seed=3, num_workers=workers, shuffle_buffer=20, resampled=True, weights=[1, 2], epoch_samples=48)
+    reference = [b["key"] for b in itertools.islice(mc.make_loader(*args, **kw), 14)]
+    first = mc.make_loader(*args, **kw)
+    for _ in itertools.islice(first, 5):
+        pass
+    resumed = [b["key"] for b in itertools.islice(mc.make_loader(*args, **kw, state=first.state_dict()), 9)]
+    assert resumed == reference[5:]
+
+
+def test_weights_need_resampling_and_one_per_source(two_sources):
+    with pytest.raises(UserError, match="source weights need resampled shards"):
+        mc.make_loader(two_sources, _transform, _tokenizer, 8, weights=[1, 1])
+    with pytest.raises(UserError, match="1 weight.s. for 2 source"):
+        mc.make_loader(two_sources, _transform, _tokenizer, 8, resampled=True, weights=[1], epoch_samples=10)
+    with pytest.raises(UserError, match="set data.epoch_samples"):
+        mc.make_loader(two_sources, _transform, _tokenizer, 8, resampled=True)

@@ -82,3 +82,12 @@ def test_resume_refuses_changed_training_settings(full_run, small_demo):
     with pytest.raises(UserError, match=r"optim\.lr: 0\.001 → 0\.002.*same config"):
         train(_cfg(small_demo, "optim.lr=2e-3"), run, resume="auto")
     assert (run / "config.yaml").read_text() == before  # the run's record is not overwritten
+
+
+def test_weighted_resampled_sources_train(small_demo, tmp_path):
+    """Two sources (shards 0–5 and 6–7) mixed 1:3 with virtual epochs of 64 samples, through the config."""
+    a, b = f"{small_demo}/train/{{000000..000005}}.tar", f"{small_demo}/train/{{000006..000007}}.tar"
+    cfg = _cfg(small_demo, f"data.train={a}::{b}", "data.resampled=true", "data.weights=[1, 3]",
+               "data.epoch_samples=64", "schedule.steps=4", "eval.retrieval=", "eval.zeroshot=")
+    train(cfg, tmp_path)
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]

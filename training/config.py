@@ -34,7 +34,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data/demo/train"  # shard directory with manifest.json, brace pattern, or "a::b"
+    train: str = "data/demo/train"  # shard directory with manifest.json, brace pattern, pipe:/http(s) URL;
+                                    # several sources joined by "::"
+    resampled: bool = False         # draw shards with replacement, in every worker of every rank
+    weights: list[float] = field(default_factory=list)  # with resampled: each source's share of the samples
+    epoch_samples: int = 0          # with resampled: the virtual epoch in samples (0: the manifests' total)
     batch_size: int = 128           # per process; the global batch is batch_size × processes
     workers: int = 1                # data loader processes per training process
     shuffle_buffer: int = 2000

@@ -19,8 +19,8 @@ from accelerate.state import AcceleratorState, GradientState
 from tqdm import tqdm
 
 import mmcontrast as mc
-from mmcontrast.distributed import average_gradients
 from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS
+from mmcontrast.distributed import average_gradients
 from mmcontrast.errors import UserError
 from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.locking import lock_towers, set_train_mode
@@ -165,7 +165,8 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
-                            view_transform=views, ids_from=cfg.data.ids_from)
+                            view_transform=views, ids_from=cfg.data.ids_from, resampled=cfg.data.resampled,
+                            weights=cfg.data.weights, epoch_samples=cfg.data.epoch_samples)
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
                    objective, loader, step)
 

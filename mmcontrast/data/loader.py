@@ -5,6 +5,9 @@ shard list ─► shuffle (seed, epoch) ─► this rank's and worker's slice �
   ─► shuffle buffer ─► decode (bad samples counted by reason, skipped) ─► transform + tokenize
   ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}
 ```
+Resampled (``resampled=True``): instead of a slice, every worker of every rank draws shards with
+replacement — from several sources with sampling weights — and an epoch is a "virtual epoch" of a
+fixed number of batches (webdataset's ``ResampledShards``; OpenCLIP's ``--dataset-resampled``).
 
 Every random choice is a function of (seed, epoch, slot) or of (seed, epoch, key): the stream of a
 slot (one worker of one rank) never depends on timing, so a run resumed from a recorded position
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import math
 import random
 import tarfile
 import zlib
@@ -28,7 +33,7 @@ from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
 from ..errors import UserError
-from .urls import expand_urls
+from .urls import count_samples, expand_sources
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt",)
@@ -55,8 +60,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, urls: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
                  seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
                  caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
-                 view_transform: Callable | None = None, ids_from: str = ""):
+                 view_transform: Callable | None = None, ids_from: str = "",
+                 draw_weights: list[float] | None = None, epoch_batches: int = 0):
         super().__init__()
+        # resampling: cumulative per-shard probabilities, and each slot's batches per virtual epoch
+        self.cum_weights = list(itertools.accumulate(draw_weights)) if draw_weights else None
+        self.epoch_batches = epoch_batches
         self.view_transform, self.ids_from = view_transform, ids_from
         self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
         self._shard_index = {url: i for i, url in enumerate(urls)}
@@ -70,8 +79,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         local = (wid + self.worker_offset) % nw  # rotated on resume so round-robin order continues
         return self.rank * nw + local, self.world_size * nw
 
-    def _samples(self, shards: list[str], skipped: Counter) -> Iterator[dict]:
-        for url in shards:
+    def _samples(self, shards: Iterator[str], skipped: Counter) -> Iterator[dict]:
+        empty_in_a_row = 0
+        for draw, url in enumerate(shards):
             shard_errors: set[str] = set()
 
             def handler(exn: Exception) -> bool:
@@ -83,7 +93,14 @@ class ShardStream(torch.utils.data.IterableDataset):
                     skipped[reason] += 1
                 return True
 
-            yield from tarfile_samples([{"url": url}], handler=handler)
+            found = False
+            for sample in tarfile_samples([{"url": url}], handler=handler):
+                found = True
+                yield {**sample, "__draw__": draw}
+            empty_in_a_row = 0 if found else empty_in_a_row + 1
+            if self.cum_weights and empty_in_a_row > 2 * len(self.urls) + 10:  # endless draws, nothing to read
+                raise UserError(f"{empty_in_a_row} shards drawn in a row held no sample (skipped: {dict(skipped)}); "
+                                f"check the shards of data.train")
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -148,20 +165,34 @@ class ShardStream(torch.utils.data.IterableDataset):
             batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,b,...]
         return batch
 
+    def _epoch_shards(self, epoch: int, slot: int, nslots: int) -> Iterator[str]:
+        """This slot's shards in an epoch: its slice of a seeded shuffle, or endless weighted draws."""
+        if self.cum_weights:
+            rng = random.Random(_seed(self.seed, "resample", epoch, slot))
+            return (rng.choices(self.urls, cum_weights=self.cum_weights)[0] for _ in itertools.count())
+        order = list(self.urls)
+        random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
+        return iter(order[slot::nslots])
+
     def __iter__(self):
         slot, nslots = self._slot()
         start_epoch, start_batch = self.positions.get(slot, (0, 0))
+        if self.epoch_batches and start_batch >= self.epoch_batches:  # stopped right at a virtual epoch's end
+            start_epoch, start_batch = start_epoch + 1, 0
         skipped: Counter = Counter()
         epoch = start_epoch
         while True:
-            order = list(self.urls)
-            random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-            shards = order[slot::nslots]
+            shards = self._epoch_shards(epoch, slot, nslots)
             rng = random.Random(_seed(self.seed, "samples", epoch, slot))
             to_skip = start_batch * self.batch_size if epoch == start_epoch else 0
             batch_index = start_batch if epoch == start_epoch else 0
             items: list = []
+            read_since_batch = 0
             for sample in self._shuffled(self._samples(shards, skipped), rng):
+                read_since_batch += 1
+                if self.cum_weights and read_since_batch > 100 * self.batch_size:
+                    raise UserError(f"{read_since_batch} samples drawn without a full batch of {self.batch_size} "
+                                    f"(skipped: {dict(skipped)}); check the shards of data.train")
                 decoded = self._decode(sample, skipped)
                 if decoded is None:
                     continue
@@ -172,12 +203,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                     continue
                 # keys may repeat across sources; the shard's index (not its path) keeps a moved dataset identical
                 sample_id = f"{self._shard_index[sample['__url__']]}/{sample['__key__']}"
-                items.append((*self._prepare(*decoded, sample_id, epoch), sample["__key__"],
+                # a shard drawn twice in one virtual epoch gives its samples new augmentations the second time
+                seed_id = f"{sample_id}@{sample['__draw__']}" if self.cum_weights else sample_id
+                items.append((*self._prepare(*decoded, seed_id, epoch), sample["__key__"],
                               self._positive_id(sample, sample_id)))
                 if len(items) == self.batch_size:
                     batch_index += 1
+                    read_since_batch = 0
                     yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
                     items = []
+                    if self.epoch_batches and batch_index == self.epoch_batches:
+                        break  # the end of a virtual epoch
             if not self.repeat:
                 if items:  # evaluation keeps the last partial batch
                     yield {**self._batch(items), "pos": (slot, epoch, batch_index + 1), "skipped": dict(skipped)}
@@ -185,7 +221,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     yield {"pos": (slot, epoch, 0), "skipped": dict(skipped)}  # report counts of an empty slot
                 return
             if batch_index == 0:  # a pass that yields nothing would loop forever
-                raise UserError(f"one pass over {len(shards)} shard(s) of rank {self.rank} gave no full batch of "
+                raise UserError(f"one pass over the shards of rank {self.rank} gave no full batch of "
                                 f"{self.batch_size} samples (skipped: {dict(skipped)}); check the shards or "
                                 f"lower the batch size")
             # Training drops the partial batch at the end of each pass: every batch is full.
@@ -232,9 +268,12 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
                 seed: int = 0, shuffle_buffer: int = 2000, num_workers: int = 0, rank: int = 0,
                 world_size: int = 1, repeat: bool = True, caption: str = "random",
                 pin_memory: bool = False, state: dict | None = None,
-                view_transform: Callable | None = None, ids_from: str = "") -> Loader:
+                view_transform: Callable | None = None, ids_from: str = "",
+                resampled: bool = False, weights: list[float] | None = None, epoch_samples: int = 0) -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
+    ``urls``: a shard directory (with ``manifest.json``), a brace pattern, a URL (``pipe:``, ``http(s)://``),
+    or several sources joined by ``::`` (or a list).
     ``repeat=True`` streams forever (training; each rank runs as many steps as it is asked);
     ``repeat=False`` makes one pass and keeps the last partial batch (evaluation).
     ``caption``: ``"random"`` picks one line of ``key.txt`` per sample and epoch, ``"first"`` the first.
@@ -243,16 +282,44 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     ``ids_from``: a field of ``key.json`` (e.g. ``source``, the image path ``data_prep shards`` records)
     whose equal values make samples positives of each other (``batch["sample_id"]``: several captions of one
     image are then never negatives).
+    ``resampled``: every worker of every rank draws shards with replacement; ``weights`` (one per source)
+    are the expected shares of each source in the stream (default: every shard equally likely);
+    ``epoch_samples``: the virtual epoch, in samples over all ranks (default: the manifests' total). Resuming
+    replays at most one virtual epoch of reading, so it also bounds the time a resume takes.
     """
-    shards = expand_urls(urls)
+    sources = expand_sources(urls)
+    shards = [u for source in sources for u in source]
     workers = max(1, num_workers)
-    if repeat and len(shards) < world_size * workers:
+    draw_weights, epoch_batches = None, 0
+    if weights and not resampled:
+        raise UserError("source weights need resampled shards: set data.resampled=true")
+    if resampled:
+        draw_weights = _draw_weights(sources, weights)
+        epoch_samples = epoch_samples or count_samples(urls) or 0
+        if epoch_samples <= 0:
+            raise UserError("resampled shards need a virtual epoch length: set data.epoch_samples "
+                            "(the sources have no manifest.json to count them)")
+        epoch_batches = math.ceil(epoch_samples / (batch_size * world_size * workers))
+    elif repeat and len(shards) < world_size * workers:
         raise UserError(f"{len(shards)} shards cannot feed {world_size} process(es) × {workers} worker(s): "
-                        f"write more, smaller shards or use fewer data workers")
+                        f"write more, smaller shards, use fewer data workers or set data.resampled=true")
     state = state or {}
     consumed = int(state.get("consumed", 0))
     positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
     stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
                          repeat, caption, positions, worker_offset=consumed % workers,
-                         view_transform=view_transform, ids_from=ids_from)
+                         view_transform=view_transform, ids_from=ids_from, draw_weights=draw_weights,
+                         epoch_batches=epoch_batches)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))
+
+
+def _draw_weights(sources: list[list[str]], weights: list[float] | None) -> list[float]:
+    """Per-shard draw probabilities: source s gets ``weights[s]``, shared equally by its shards."""
+    if not weights:
+        return [1.0] * sum(map(len, sources))
+    if len(weights) != len(sources):
+        raise UserError(f"data.weights has {len(weights)} weight(s) for {len(sources)} source(s) in data.train "
+                        f"(sources are separated by '::')")
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise UserError(f"data.weights must be ≥ 0 with a positive sum, got {weights}")
+    return [w / len(source) for source, w in zip(sources, weights) for _ in source]

@@ -28,24 +28,29 @@ def read_manifest(directory: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def expand_urls(urls: str | list[str]) -> list[str]:
-    """A flat list of shard URLs; every local shard must exist."""
+def expand_sources(urls: str | list[str]) -> list[list[str]]:
+    """The shard URLs of each source (``a::b`` or a list names several); every local shard must exist."""
     items = urls if isinstance(urls, (list, tuple)) else str(urls).split("::")
-    out: list[str] = []
+    sources: list[list[str]] = []
     for item in items:
         item = str(item)
         if not _is_remote(item) and Path(item).is_dir():
             manifest = read_manifest(item)
-            out += [str(Path(item) / s["name"]) for s in manifest["shards"]]
+            sources.append([str(Path(item) / s["name"]) for s in manifest["shards"]])
         else:
-            out += list(braceexpand.braceexpand(item))
-    missing = [u for u in out if not _is_remote(u) and not Path(u).is_file()]
+            sources.append(list(braceexpand.braceexpand(item)))
+    missing = [u for source in sources for u in source if not _is_remote(u) and not Path(u).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"shard not found: {missing[0]}{more}")
-    if not out:
+    if not any(sources):
         raise UserError(f"no shards in {urls!r}")
-    return out
+    return sources
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """A flat list of shard URLs; every local shard must exist."""
+    return [u for source in expand_sources(urls) for u in source]
 
 
 def count_samples(urls: str | list[str]) -> int | None:
