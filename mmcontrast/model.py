@@ -13,7 +13,9 @@ import importlib.resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.transformer import text_global_pool
 
 from .errors import UserError
 from .presets import get_model_cfg, with_towers
@@ -42,6 +44,35 @@ def resolve_paths(model_cfg: dict) -> dict:
     return cfg
 
 
+class Clip(CLIP):
+    """open_clip's ``CLIP`` whose text tower also takes token rows shorter than its context length.
+
+    With a causal mask and end-of-text pooling no token attends past the end of its caption, so a batch
+    whose rows are all padding after column L gives the same text features from its first L columns —
+    at a fraction of the cost (demo captions fill 15 of 32 positions). Same parameters and keys as
+    ``CLIP``: saved models load in open_clip unchanged.
+    """
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        length = text.shape[1]
+        if length == self.positional_embedding.shape[0] or not text_trimmable(self):
+            return super().encode_text(text, normalize)
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(text).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = text_global_pool(self.ln_final(x), text, self.text_pool_type, getattr(self, "text_eos_id", None))
+        projection = self.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def text_trimmable(model: torch.nn.Module) -> bool:
+    """Whether token rows may be cut after the batch's longest caption without changing any text feature."""
+    return (isinstance(model, Clip) and getattr(model, "attn_mask", None) is not None
+            and model.text_pool_type in ("argmax", "eos"))
+
+
 def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
                 pretrained_towers: bool = False) -> torch.nn.Module:
     """Instantiate an open_clip model from a ``model_cfg`` with dict outputs.
@@ -58,7 +89,7 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     custom_text = cfg.pop("custom_text", False) or is_hf_text
-    cls = CustomTextCLIP if custom_text else CLIP
+    cls = CustomTextCLIP if custom_text else Clip
     model = cls(**cfg, output_dict=True)
     # Kept on the module so that a loaded model can be saved again without its config at hand.
     model.model_cfg = copy.deepcopy(model_cfg)

@@ -7,7 +7,9 @@ loads in open_clip unchanged. Any open_clip architecture name (``ViT-B-32``, ...
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
 import open_clip
 
@@ -84,9 +86,19 @@ def list_presets() -> list[str]:
 
 
 def get_model_cfg(name: str) -> dict:
-    """A copy of the ``model_cfg`` for a preset or open_clip architecture name."""
+    """A copy of the ``model_cfg`` for a preset, an open_clip architecture name, or an open_clip model
+    config file (``ViT-B-32.json``-style, or a model directory's ``open_clip_config.json``)."""
     if name in PRESETS:
         return copy.deepcopy(PRESETS[name])
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"model config file not found: {name}")
+        cfg = json.loads(path.read_text())
+        cfg = cfg.get("model_cfg", cfg)
+        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise ValueError(f"{name} is not an open_clip model config (it needs vision_cfg and text_cfg)")
+        return cfg
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(f"unknown model {name!r}: use one of {list(PRESETS)} or an open_clip "

@@ -32,3 +32,16 @@ def test_siglip_preset_starts_at_the_paper_values():
     model = mc.create_model("ViT-B-16-SigLIP", seed=0)
     assert model.logit_scale.item() == pytest.approx(math.log(10))
     assert model.logit_bias.item() == pytest.approx(-10.0)
+
+
+def test_open_clip_model_config_file_is_a_model_name(tmp_path):
+    import json
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(mc.PRESETS["tiny"]))
+    a, b = mc.create_model(str(path), seed=0), mc.create_model("tiny", seed=0)
+    assert a.model_cfg == b.model_cfg
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an open_clip model config"):
+        mc.create_model(str(tmp_path / "bad.json"))

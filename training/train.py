@@ -19,11 +19,13 @@ from accelerate.state import AcceleratorState, GradientState
 from tqdm import tqdm
 
 import mmcontrast as mc
-from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS
+from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS, decode_size_for
 from mmcontrast.distributed import average_gradients
 from mmcontrast.errors import UserError
 from mmcontrast.gradcache import grad_cache_step
+from mmcontrast.kernels import training_attention
 from mmcontrast.locking import lock_towers, set_train_mode
+from mmcontrast.model import text_trimmable
 from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
 from mmcontrast.objectives import clamp_logit_scale
 from mmcontrast.transforms import simclr_view_transform
@@ -37,6 +39,10 @@ from .report import write_report
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 MIN_SAMPLES_TO_JUDGE = 256  # samples read before the bad-sample fraction can stop a run
+
+
+def as_pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 class StopFlag:
@@ -166,7 +172,10 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
                             view_transform=views, ids_from=cfg.data.ids_from, resampled=cfg.data.resampled,
-                            weights=cfg.data.weights, epoch_samples=cfg.data.epoch_samples)
+                            weights=cfg.data.weights, epoch_samples=cfg.data.epoch_samples,
+                            trim_text=text_trimmable(model),
+                            decode_size=decode_size_for(max(as_pair(model.preprocess_cfg["size"])),
+                                                        min(cfg.data.crop_scale)))
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
                    objective, loader, step)
 
@@ -185,15 +194,16 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
     batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     image, text = batch["image"], batch["text"]
     chunk = t.cfg.train.chunk_size
-    if chunk and chunk < image.shape[0]:
-        losses = grad_cache_step(t.model, t.objective, batch, chunk,
-                                 lambda: loss_params(t.unwrapped), autocast=t.accelerator.autocast,
-                                 backward=t.accelerator.backward, no_sync=lambda: t.accelerator.no_sync(t.model))
-    else:
-        with t.accelerator.autocast():
-            outputs = t.model(image, text)
-        losses = t.objective(**outputs, batch=batch)
-        t.accelerator.backward(losses["loss"])
+    with training_attention(device, t.cfg.precision):
+        if chunk and chunk < image.shape[0]:
+            losses = grad_cache_step(t.model, t.objective, batch, chunk,
+                                     lambda: loss_params(t.unwrapped), autocast=t.accelerator.autocast,
+                                     backward=t.accelerator.backward, no_sync=lambda: t.accelerator.no_sync(t.model))
+        else:
+            with t.accelerator.autocast():
+                outputs = t.model(image, text)
+            losses = t.objective(**outputs, batch=batch)
+            t.accelerator.backward(losses["loss"])
     objective_params = list(t.objective.parameters()) if isinstance(t.objective, torch.nn.Module) else []
     average_gradients(objective_params)  # an objective's own parameters (SLIP's head) are outside DDP
     clip = t.cfg.optim.grad_clip

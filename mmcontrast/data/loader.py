@@ -61,8 +61,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                  seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
                  caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
                  view_transform: Callable | None = None, ids_from: str = "",
-                 draw_weights: list[float] | None = None, epoch_batches: int = 0):
+                 draw_weights: list[float] | None = None, epoch_batches: int = 0, trim_text: bool = False,
+                 decode_size: int = 0):
         super().__init__()
+        self.trim_text, self.decode_size = trim_text, decode_size
         # resampling: cumulative per-shard probabilities, and each slot's batches per virtual epoch
         self.cum_weights = list(itertools.accumulate(draw_weights)) if draw_weights else None
         self.epoch_batches = epoch_batches
@@ -127,6 +129,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None
         try:
             img = Image.open(io.BytesIO(sample[ext]))
+            if self.decode_size and img.format == "JPEG":
+                # libjpeg's DCT scaling: decode at 1/2, 1/4 or 1/8 size while both sides stay ≥ decode_size
+                img.draft("RGB", (self.decode_size, self.decode_size))
             img = img.convert("RGB")  # forces the full decode, so truncated data fails here
         except Exception:
             skipped["corrupt_image"] += 1
@@ -158,7 +163,10 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _batch(self, items: list) -> dict:
         images, captions, views, keys, ids = zip(*items)
-        batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "key": list(keys)}
+        text = self.tokenizer(list(captions))
+        if self.trim_text:
+            text = trim_padding(text)
+        batch = {"image": torch.stack(images), "text": text, "key": list(keys)}
         if self.ids_from:
             batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
         if self.view_transform:
@@ -228,6 +236,20 @@ class ShardStream(torch.utils.data.IterableDataset):
             epoch += 1
 
 
+def decode_size_for(image_size: int, min_crop_scale: float, min_aspect: float = 3 / 4) -> int:
+    """The smallest decoded side that loses no resolution: a random resized crop of at least
+    ``min_crop_scale`` of the area, aspect ratio down to 3/4, still covers ``image_size`` pixels."""
+    return math.ceil(image_size / math.sqrt(min_crop_scale * min_aspect))
+
+
+def trim_padding(tokens: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Token rows cut after the batch's longest caption (pad id 0), rounded up to a multiple of 8 so
+    that few distinct shapes occur (compiled graphs, matmul tiles)."""
+    used = tokens.ne(0).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return tokens[:, :min(tokens.shape[1], -(-length // multiple) * multiple)]
+
+
 class Loader:
     """Iterates batches; tracks the consumed position and the skipped-sample counts of all workers."""
 
@@ -269,7 +291,8 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
                 world_size: int = 1, repeat: bool = True, caption: str = "random",
                 pin_memory: bool = False, state: dict | None = None,
                 view_transform: Callable | None = None, ids_from: str = "",
-                resampled: bool = False, weights: list[float] | None = None, epoch_samples: int = 0) -> Loader:
+                resampled: bool = False, weights: list[float] | None = None, epoch_samples: int = 0,
+                trim_text: bool = False, decode_size: int = 0) -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
     ``urls``: a shard directory (with ``manifest.json``), a brace pattern, a URL (``pipe:``, ``http(s)://``),
@@ -286,6 +309,9 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     are the expected shares of each source in the stream (default: every shard equally likely);
     ``epoch_samples``: the virtual epoch, in samples over all ranks (default: the manifests' total). Resuming
     replays at most one virtual epoch of reading, so it also bounds the time a resume takes.
+    ``trim_text``: cut each batch's token rows after its longest caption (``trim_padding``) — for models
+    whose text features do not change by it (``mmcontrast.model.text_trimmable``).
+    ``decode_size``: decode JPEGs at a reduced scale whose sides stay at least this large (``decode_size_for``).
     """
     sources = expand_sources(urls)
     shards = [u for source in sources for u in source]
@@ -309,7 +335,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
                          repeat, caption, positions, worker_offset=consumed % workers,
                          view_transform=view_transform, ids_from=ids_from, draw_weights=draw_weights,
-                         epoch_batches=epoch_batches)
+                         epoch_batches=epoch_batches, trim_text=trim_text, decode_size=decode_size)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))
 
 
