@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,30 @@ def test_weights_need_resampling_and_one_per_source(two_sources):
         mc.make_loader(two_sources, _transform, _tokenizer, 8, resampled=True, weights=[1], epoch_samples=10)
     with pytest.raises(UserError, match="set data.epoch_samples"):
         mc.make_loader(two_sources, _transform, _tokenizer, 8, resampled=True)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_reads_what_tarfile_writes(tmp_path, fmt):
+    """Long names (ustar prefix, GNU 'L' records, pax paths), directories and meta files, as webdataset groups them."""
+    from mmcontrast.data.tar import shard_samples
+    deep = "d" * 60 + "/" + "e" * 60  # > 100 characters: a ustar prefix, a GNU long name or a pax path
+    files = [(f"{deep}/a.jpg", b"\xff\xd8one"), (f"{deep}/a.txt", b"first"), ("__index__", b"{}"),
+             ("b.seg.png", b"two"), ("b.TXT", b"second"), ("b.txt", b"dup")]
+    with tarfile.open(tmp_path / "s.tar", "w", format=fmt) as tar:
+        tar.addfile(_dir_info("somedir"))
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    duplicates = []
+    samples = list(shard_samples(str(tmp_path / "s.tar"), duplicates.append))
+    url = str(tmp_path / "s.tar")
+    assert samples == [{"__key__": f"{deep}/a", "__url__": url, "jpg": b"\xff\xd8one", "txt": b"first"},
+                       {"__key__": "b", "__url__": url, "seg.png": b"two", "txt": b"second"}]
+    assert duplicates == [f"{url}: b.txt"]
+
+
+def _dir_info(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info

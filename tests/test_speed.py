@@ -66,3 +66,32 @@ def test_cpu_attention_kernel_choice_gives_the_same_features(precision):
             got = model.encode_image(image).float()
     tol = 3e-2 if precision == "bf16" else 1e-5  # bf16 kernels round differently
     torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+def test_uint8_crop_follows_the_random_resized_crop_rule_and_normalises_like_torchvision():
+    import math
+
+    from torchvision.transforms import functional as TF
+
+    from mmcontrast.transforms import RandomResizedCropUint8, Uint8Normalize
+    crop = RandomResizedCropUint8(32, scale=(0.5, 1.0))
+    for _ in range(300):
+        left, top, right, bottom = crop.box(100, 80)
+        w, h = right - left, bottom - top
+        assert 0 <= left and right <= 100 and 0 <= top and bottom <= 80
+        assert 0.5 * 8000 * 0.97 <= w * h <= 8000 and 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
+    assert crop.box(200, 20) == (86, 0, 113, 20)  # no try fits: the central crop at the widest ratio, 4/3
+    img = Image.effect_noise((100, 80), 50).convert("RGB")
+    torch.manual_seed(0)
+    box = crop.box(*img.size)
+    torch.manual_seed(0)
+    out = crop(img)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    got = Uint8Normalize(mean, std)(out[None])[0]
+    ref = TF.normalize(TF.to_tensor(img.resize((32, 32), Image.BICUBIC, box=box)), mean, std)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # the same crop through torchvision (crop, then resize) differs only by resampling at the edges
+    tv = TF.normalize(TF.to_tensor(TF.resized_crop(img, box[1], box[0], box[3] - box[1], box[2] - box[0], [32, 32],
+                                                   TF.InterpolationMode.BICUBIC)), mean, std)
+    assert (got - tv).abs().mean() < 0.05 * math.sqrt(tv.var())

@@ -28,7 +28,7 @@ from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.model import text_trimmable
 from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
 from mmcontrast.objectives import clamp_logit_scale
-from mmcontrast.transforms import simclr_view_transform
+from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config, to_dict
@@ -96,7 +96,8 @@ def build(cfg: TrainConfig):
     set_train_mode(model, True)
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    train_transform, _ = mc.make_transforms(model.preprocess_cfg, {"scale": tuple(cfg.data.crop_scale)})
+    # uint8 crops, normalised on the device in train_step (Trainer.normalize)
+    train_transform, _ = make_uint8_train_transform(model.preprocess_cfg, tuple(cfg.data.crop_scale))
     tokenizer = mc.make_tokenizer(model.model_cfg)
     objective = build_objective(cfg, model)
     optimizer = make_optimizer(model, cfg.optim, objective)
@@ -135,6 +136,7 @@ class Trainer:
     objective: object
     loader: mc.data.Loader
     step: int
+    normalize: Uint8Normalize     # the uint8 image batch → the model's normalised float input
 
     def checkpoint(self) -> None:
         a = self.accelerator
@@ -176,8 +178,8 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
                             trim_text=text_trimmable(model),
                             decode_size=decode_size_for(max(as_pair(model.preprocess_cfg["size"])),
                                                         min(cfg.data.crop_scale)))
-    return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler,
-                   objective, loader, step)
+    normalize = Uint8Normalize(model.preprocess_cfg["mean"], model.preprocess_cfg["std"])
+    return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler, objective, loader, step, normalize)
 
 
 def loss_params(model: torch.nn.Module) -> dict:
@@ -192,6 +194,8 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
     """Forward, backward, clip, step. Returns (losses, grad norm, stepped, every rank must stop)."""
     device = t.accelerator.device
     batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if batch["image"].dtype == torch.uint8:
+        batch["image"] = t.normalize(batch["image"])
     image, text = batch["image"], batch["text"]
     chunk = t.cfg.train.chunk_size
     with training_attention(device, t.cfg.precision):
