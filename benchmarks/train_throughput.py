@@ -37,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DEPS = ROOT / "benchmarks" / ".open_clip_train_deps"
 OURS = {"workers0": ["data.workers=0"], "workers1": ["data.workers=1"],
-        "workers0+compile": ["data.workers=0", "model.compile=true"]}
+        "workers0+compile": ["data.workers=0", "model.compile=true"],
+        "workers1+compile": ["data.workers=1", "model.compile=true"]}
 THEIRS = {"workers1": ["--workers", "1"], "workers0": ["--workers", "0"],
           "workers1+compile": ["--workers", "1", "--torchcompile"]}
 OPEN_CLIP_MAIN = ("import runpy, sys, open_clip; open_clip.add_model_config(sys.argv.pop(1)); "

@@ -44,7 +44,7 @@ def test_hf_to_model_dir_gives_the_same_embeddings(hf_dir, tmp_path):
     folder, hf = hf_dir
     mc.convert(folder, tmp_path / "ours")
     model, preprocess, tokenizer = mc.load(tmp_path / "ours")
-    assert type(model).__name__ == "CLIP" and model.model_cfg["quick_gelu"] is True
+    assert isinstance(model, open_clip.model.CLIP) and model.model_cfg["quick_gelu"] is True
     tokens = tokenizer(CAPTIONS)
     x = _pixels(32)
     with torch.no_grad():
