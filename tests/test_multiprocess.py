@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -67,3 +68,11 @@ def test_two_processes_equal_one_process_for_one_optimizer_step(small_demo, tmp_
             # move differently by up to 0.2% of the step (lr = 0.01).
             atol = 1e-7 if name == "grads" else 2e-5
             torch.testing.assert_close(got[k], ref[k], atol=atol, rtol=1e-4, msg=f"{name} {k}")
+
+
+def test_fsdp_launch_is_refused_with_a_message(monkeypatch):
+    from mmcontrast.errors import UserError
+    from training.train import make_accelerator
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="FSDP launches are not supported yet; use DDP"):
+        make_accelerator("fp32")

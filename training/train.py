@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class StopFlag:
 
 
 def make_accelerator(precision: str) -> Accelerator:
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # Without this, accelerate on CPUs quietly runs DDP instead; on GPUs evaluation, checkpoints and the
+        # momentum teacher would see sharded parameters. Refuse rather than train something else.
+        raise UserError("FSDP launches are not supported yet; use DDP (training/accelerate/multi_gpu.yaml or "
+                        "multi_node.yaml), and train.chunk_size (GradCache) when the batch does not fit")
     # A fresh state, so several runs in one process (tests, notebooks) can choose their precision.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
