@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -148,8 +149,9 @@ def main() -> None:
     env_theirs = {**os.environ, "PYTHONPATH": f"{DEPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     flops = flops_per_sample(mc.PRESETS["tiny"])
     print(f"model: {cfg_file} (tiny), {flops / 1e9:.3f} GFLOP per sample (forward + backward); shards: {pattern}")
-    print(f"ours:   {' '.join(ours_command(cfg_file, pattern, work / 'OUT', args, 'PRECISION', ['SETTINGS']))}")
-    print(f"theirs: {' '.join(theirs_command(cfg_file, pattern, work / 'OUT', args, 'PRECISION', ['SETTINGS']))}\n")
+    print(f"ours:   {shlex.join(ours_command(cfg_file, pattern, work / 'OUT', args, 'PRECISION', ['SETTINGS']))}")
+    print(f"theirs: PYTHONPATH={DEPS} "
+          f"{shlex.join(theirs_command(cfg_file, pattern, work / 'OUT', args, 'PRECISION', ['SETTINGS']))}\n")
     results: dict[tuple, list] = {}
     for r in range(args.rounds):
         for precision in args.precision:

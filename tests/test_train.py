@@ -91,3 +91,17 @@ def test_weighted_resampled_sources_train(small_demo, tmp_path):
                "data.epoch_samples=64", "schedule.steps=4", "eval.retrieval=", "eval.zeroshot=")
     train(cfg, tmp_path)
     assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+
+
+def test_checkpoint_keeps_the_fp16_loss_scaler(tmp_path):
+    from training.checkpoint import load_checkpoint, save_checkpoint
+    from training.config import OptimConfig, ScheduleConfig
+    from training.optim import make_optimizer, make_scheduler
+    model = mc.create_model("tiny", seed=0)
+    optimizer = make_optimizer(model, OptimConfig())
+    scheduler = make_scheduler(optimizer, ScheduleConfig())
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    path = save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {}, 0, 1, lambda: None, keep=2, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=1.0)
+    step, _ = load_checkpoint(path, model, optimizer, scheduler, 0, 1, scaler=fresh)
+    assert step == 3 and fresh.get_scale() == 512.0 and fresh.get_growth_interval() == 7

@@ -4,6 +4,7 @@
 checkpoints/step_0000200/
   model.safetensors   weights (OpenCLIP key names)
   optimizer.pt        optimizer state            scheduler.pt   scheduler state
+  scaler.pt           the fp16 loss scaler's state (fp16 runs only)
   rank0.pt ...        per-process RNG states and data position
   objective.safetensors  an objective's own state when it has one (momentum teacher, queues)
   state.json          step, world size, config — written last; its presence marks the checkpoint complete
@@ -44,7 +45,7 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
                     loader_state: dict, rank: int, world_size: int, barrier: Callable[[], None],
-                    keep: int, config: dict | None = None, objective=None) -> Path:
+                    keep: int, config: dict | None = None, objective=None, scaler=None) -> Path:
     """Collective: every process calls it; returns the final path."""
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f"step_{step:07d}.tmp"
@@ -58,6 +59,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
         save_file(state, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         if _has_state(objective):
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in objective.state_dict().items()},
                       str(tmp / "objective.safetensors"))
@@ -104,7 +107,7 @@ def _has_state(objective) -> bool:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int,
-                    world_size: int, config: dict | None = None, objective=None) -> tuple[int, dict]:
+                    world_size: int, config: dict | None = None, objective=None, scaler=None) -> tuple[int, dict]:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state).
 
     ``config``: the run's config; a checkpoint written under different training settings is refused,
@@ -122,6 +125,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ra
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     if _has_state(objective):
         objective.load_state_dict(load_file(str(path / "objective.safetensors")))
     own = torch.load(path / f"rank{rank}.pt", weights_only=True)

@@ -148,7 +148,7 @@ class Trainer:
         a = self.accelerator
         save_checkpoint(self.out / "checkpoints", self.step, self.unwrapped, self.optimizer, self.scheduler,
                         self.loader.state_dict(), a.process_index, a.num_processes, a.wait_for_everyone,
-                        self.cfg.checkpoint.keep, to_dict(self.cfg), self.objective)
+                        self.cfg.checkpoint.keep, to_dict(self.cfg), self.objective, a.scaler)
 
 
 def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
@@ -163,7 +163,7 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
         if not (ckpt / "state.json").is_file():
             raise UserError(f"not a complete checkpoint: {ckpt}")
         step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world, to_dict(cfg),
-                                             objective)
+                                             objective, accelerator.scaler)
         accelerator.print(f"resumed from {ckpt} at step {step}")
     else:
         torch.manual_seed(cfg.seed + rank)  # per-rank randomness in the forward pass (dropout, masks)
