@@ -72,8 +72,9 @@ class Uint8Normalize:
         self.shift = (torch.tensor(mean, dtype=torch.float32) / std).view(1, 3, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale.to(images.device), self.shift.to(images.device)
-        return torch.addcmul(-shift, images.float(), scale)
+        if self.scale.device != images.device:  # moved once, not every step
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        return torch.addcmul(-self.shift, images.float(), self.scale)
 
 
 def make_uint8_train_transform(preprocess_cfg: dict, scale: tuple[float, float]):
