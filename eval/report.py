@@ -31,7 +31,11 @@ def markdown_table(rows: list[tuple[str, float, float | None]], title: str = "")
 
 def result_rows(result: dict) -> list[tuple[str, float, float | None]]:
     chance = result.get("chance", {})
-    return [(k, v, chance.get(k)) for k, v in result["metrics"].items() if k not in ("rsum", "approximate")]
+    rows = [(k, v, chance.get(k)) for k, v in result["metrics"].items() if k not in ("rsum", "approximate")]
+    if "reranked" in result:
+        top = result["reranked"]["k"]
+        rows += [(f"{k}, ITM re-ranked top {top}", v, chance.get(k)) for k, v in result["reranked"]["metrics"].items()]
+    return rows
 
 
 def write_outputs(output: str | Path, record: dict, table: str) -> None:

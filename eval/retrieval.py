@@ -12,6 +12,7 @@ from mmcontrast.metrics import chance_metrics, retrieval_metrics
 
 from .cache import EmbeddingCache
 from .encode import encode_images, encode_texts
+from .rerank import rerank_metrics
 from .sets import RetrievalSet
 
 N_EXAMPLES = 8  # sample queries shown in the HTML report, each way
@@ -34,8 +35,11 @@ def _examples(image_features, text_features, text_to_image, k: int = 5) -> dict:
 def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: int = 256,
                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   chunk_size: int = 1024, workers: int = 0, cache: EmbeddingCache | None = None,
-                  cache_key: str = "", progress: bool = True, backend: str = "torch") -> dict:
-    """{"metrics": CLIP_benchmark names + mean_recall + rsum, "chance", "images", "texts", "examples"}."""
+                  cache_key: str = "", progress: bool = True, backend: str = "torch", rerank_k: int = 0) -> dict:
+    """{"metrics": CLIP_benchmark names + mean_recall + rsum, "chance", "images", "texts", "examples"}.
+
+    ``rerank_k``: also re-rank each query's top K with the model's ITM head (``eval.rerank``), reported
+    under ``"reranked"`` beside the dual-encoder metrics."""
     device = torch.device(device)
     cache = cache or EmbeddingCache(None)
     texts = ds.texts
@@ -61,5 +65,9 @@ def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: in
                                           index=backend.removeprefix("faiss-"))
     else:
         raise ValueError(f"unknown retrieval backend {backend!r}: torch, faiss-flat or faiss-hnsw")
-    return {"metrics": metrics, "chance": chance_metrics(text_to_image, len(ds)), "images": len(ds),
-            "texts": len(texts), "examples": _examples(image_features, text_features, text_to_image)}
+    result = {"metrics": metrics, "chance": chance_metrics(text_to_image, len(ds)), "images": len(ds),
+              "texts": len(texts), "examples": _examples(image_features, text_features, text_to_image)}
+    if rerank_k:
+        result["reranked"] = rerank_metrics(model, preprocess, tokenizer, ds, image_features, text_features,
+                                            rerank_k, batch_size, device, dtype, workers, progress)
+    return result

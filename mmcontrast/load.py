@@ -14,7 +14,7 @@ import torch
 
 from .errors import UserError
 from .model import build_model
-from .model_dir import load_model_dir, load_weights
+from .model_dir import load_model_dir, load_weights, warn_if_fusion_sibling
 from .presets import get_model_cfg
 from .tokenizer import make_tokenizer
 from .transforms import make_transforms
@@ -42,6 +42,7 @@ def load(spec: str | os.PathLike, pretrained: str | None = None, device: str | t
         if pretrained is not None:
             if not Path(pretrained).is_file():
                 raise UserError(f"pretrained weights file not found: {pretrained}")
+            warn_if_fusion_sibling(pretrained)
             load_weights(model, pretrained)
         model.eval()
     else:

@@ -18,6 +18,7 @@ from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import text_global_pool
 
 from .errors import UserError
+from .fusion import IMAGE, TEXT, FusionConfig, PartitionedFusion, Streams, check_towers, text_valid
 from .presets import get_model_cfg, with_towers
 from .transforms import preprocess_cfg_for
 
@@ -54,17 +55,93 @@ class Clip(CLIP):
     """
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text_pooled(self.text_sequence(text), text)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def text_sequence(self, text: torch.Tensor) -> torch.Tensor:
+        """The text tower's token outputs [B, L, width] (after its final LayerNorm)."""
         length = text.shape[1]
-        if length == self.positional_embedding.shape[0] or not text_trimmable(self):
-            return super().encode_text(text, normalize)
+        full = length == self.positional_embedding.shape[0]
+        if not full and not text_trimmable(self):
+            raise ValueError(f"text rows of {length} tokens for a tower with context length "
+                             f"{self.positional_embedding.shape[0]} that is not causal with end-of-text pooling")
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(text).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
-        x = text_global_pool(self.ln_final(x), text, self.text_pool_type, getattr(self, "text_eos_id", None))
+        mask = self.attn_mask if full or self.attn_mask is None else self.attn_mask[:length, :length]
+        return self.ln_final(self.transformer(x, attn_mask=mask))
+
+    def text_pooled(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The projected text embedding [B, D] from the token outputs."""
+        x = text_global_pool(x, text, self.text_pool_type, getattr(self, "text_eos_id", None))
         projection = self.text_projection
         if projection is not None:
             x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return x
+
+
+class FusionClip(Clip):
+    """``Clip`` with partitioned-attention fusion blocks on top of its towers (``mmcontrast.fusion``).
+
+    ``encode_image`` / ``encode_text`` run one modality's stream alone and give its pure embedding;
+    ``forward`` runs both streams and the fusion tokens jointly and adds ``"fusion"``: the fusion
+    tokens' output [B, n_f, W] and both streams' states (for hard negatives and re-ranking).
+    The tower keys are open_clip's; the blocks and the ITM head live under ``fusion.``.
+    """
+
+    def __init__(self, embed_dim: int, *args, fusion: dict, **kwargs):
+        super().__init__(embed_dim, *args, **kwargs)
+        check_towers(self)
+        self.visual.output_tokens = True  # (pooled, patch tokens); encode_image below takes both
+        self.fusion = PartitionedFusion(FusionConfig.from_dict(fusion), embed_dim, self.visual.transformer.width,
+                                        self.transformer.width)
+
+    def image_stream_input(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tower embedding [B, D], stream input [B, 1 + N, W], real tokens [B, 1 + N])."""
+        pooled, tokens = self.visual(image)
+        return (pooled, *self.fusion.embed(IMAGE, pooled, tokens))
+
+    def text_stream_input(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.text_sequence(text)
+        pooled = self.text_pooled(x, text)
+        valid = text_valid(text, self.text_pool_type, getattr(self, "text_eos_id", None))
+        return (pooled, *self.fusion.embed(TEXT, pooled, x, valid))
+
+    def image_streams(self, image: torch.Tensor) -> tuple[torch.Tensor, Streams]:
+        """(pure image embedding [B, D], the image stream alone through the blocks)."""
+        pooled, x, valid = self.image_stream_input(image)
+        streams = self.fusion.stream(x, valid)
+        return self.fusion.pure(IMAGE, pooled, streams), streams
+
+    def text_streams(self, text: torch.Tensor) -> tuple[torch.Tensor, Streams]:
+        pooled, x, valid = self.text_stream_input(text)
+        streams = self.fusion.stream(x, valid)
+        return self.fusion.pure(TEXT, pooled, streams), streams
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if self.fusion.cfg.pure_from == "towers":
+            x = self.visual(image)[0]
+        else:
+            x = self.image_streams(image)[0]
         return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if self.fusion.cfg.pure_from == "towers":
+            x = super().encode_text(text)
+        else:
+            x = self.text_streams(text)[0]
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict:
+        image_pooled, image_x, image_valid = self.image_stream_input(image)
+        text_pooled, text_x, text_valid_ = self.text_stream_input(text)
+        image_s, text_s, fused = self.fusion.joint(image_x, image_valid, text_x, text_valid_)
+        out = {"image_features": F.normalize(self.fusion.pure(IMAGE, image_pooled, image_s), dim=-1),
+               "text_features": F.normalize(self.fusion.pure(TEXT, text_pooled, text_s), dim=-1),
+               "logit_scale": self.logit_scale.exp(),
+               "fusion": {"fused": fused, "image": image_s, "text": text_s}}
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
 
 
 def text_trimmable(model: torch.nn.Module) -> bool:
@@ -89,8 +166,14 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None,
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     custom_text = cfg.pop("custom_text", False) or is_hf_text
-    cls = CustomTextCLIP if custom_text else Clip
-    model = cls(**cfg, output_dict=True)
+    fusion = cfg.pop("fusion", None)
+    if fusion is not None and custom_text:
+        raise ValueError("fusion blocks need open_clip's own text tower (token outputs with a padding rule); "
+                         "this model has a custom or transformers text tower")
+    if fusion is not None:
+        model = FusionClip(**cfg, fusion=fusion, output_dict=True)
+    else:
+        model = (CustomTextCLIP if custom_text else Clip)(**cfg, output_dict=True)
     # Kept on the module so that a loaded model can be saved again without its config at hand.
     model.model_cfg = copy.deepcopy(model_cfg)
     # open_clip's own directories may give only mean/std: the rest comes from the model (its image size)

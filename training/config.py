@@ -30,6 +30,8 @@ class ModelConfig:
     vision: dict = field(default_factory=dict)  # image tower changes, e.g. {timm_model_name: convnext_atto}
     text: dict = field(default_factory=dict)    # text tower changes, e.g. {hf_model_name: /path/to/encoder}
     compile: bool = False           # torch.compile the model (first steps slower while it compiles)
+    fusion: dict = field(default_factory=dict)  # partitioned-attention blocks on top of the towers, e.g.
+                                    # {depth: 2, width: 128, heads: 4, num_fusion_tokens: 8} (docs/fusion.md)
 
 
 @dataclass
@@ -49,11 +51,23 @@ class DataConfig:
 
 
 @dataclass
+class FusionObjectiveConfig:
+    """With model.fusion: terms on the fusion stream, added to the objective on the pure embeddings."""
+    itm_weight: float = 1.0         # image–text matching on positives + ALBEF-sampled hard negatives
+    rerank_weight: float = 0.0      # listwise loss of the re-ranking score over n hard negatives per anchor (LCE)
+    rerank_negatives: int = 7       # ...that n
+    zorro_weight: float = 0.0       # Zorro-style InfoNCE between the fusion and the pure embeddings
+    zorro_stop_grad: bool = True    # ...without moving the pure embeddings
+    zorro_temperature: float = 0.07
+
+
+@dataclass
 class ObjectiveConfig:
     name: str = "clip"              # mmcontrast.OBJECTIVES
     local_loss: bool = True         # b×N logits per rank instead of N×N
     gather_with_grad: bool = True   # gradients flow to the features of every rank
     options: dict = field(default_factory=dict)  # the objective's own settings, e.g. {beta: 0.25} (docs/objectives.md)
+    fusion: FusionObjectiveConfig = field(default_factory=FusionObjectiveConfig)
 
 
 @dataclass
@@ -88,6 +102,7 @@ class CheckpointConfig:
 class EvalConfig:
     every: int = 0                  # steps between held-out evaluations; 0 = only at the end
     retrieval: str = "data/demo/retrieval"   # CLIP_benchmark webdataset dir; "" to skip
+    rerank_k: int = 0               # with model.fusion: also re-rank each query's top K by the ITM head
     zeroshot: str = "data/demo/zeroshot"     # CLIP_benchmark webdataset dir; "" to skip
     batch_size: int = 256
 

@@ -19,7 +19,7 @@ def evaluate(model, cfg: EvalConfig, device: torch.device) -> dict:
     results = {}
     if cfg.retrieval:
         results["retrieval"] = run_retrieval(model, preprocess, tokenizer, read_wds(cfg.retrieval),
-                                             cfg.batch_size, device, progress=False)
+                                             cfg.batch_size, device, progress=False, rerank_k=cfg.rerank_k)
     if cfg.zeroshot:
         results["zeroshot"] = run_zeroshot(model, preprocess, tokenizer, read_wds(cfg.zeroshot),
                                            cfg.batch_size, device, progress=False)

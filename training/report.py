@@ -36,12 +36,19 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def results_table(result: dict) -> str:
-    lines = ["| metric | held-out (%) | chance (%) | × chance |", "|---|---:|---:|---:|"]
+    """Held-out metrics beside chance; with fusion blocks, the ITM re-ranked recalls beside the dual encoder's."""
+    reranked = result.get("retrieval", {}).get("reranked")
+    extra = f" ITM re-ranked, top {reranked['k']} (%) |" if reranked else ""
+    lines = [f"| metric | held-out (%) |{extra} chance (%) | × chance |",
+             "|---|---:|" + ("---:|" if reranked else "") + "---:|---:|"]
     for task, key, label in HEADLINE:
         if task not in result:
             continue
         value, chance = result[task]["metrics"][key], result[task]["chance"][key]
-        lines.append(f"| {label} | {100 * value:.2f} | {100 * chance:.2f} | {value / chance:.1f} |")
+        cell = ""
+        if reranked:
+            cell = f" {100 * reranked['metrics'][key]:.2f} |" if key in reranked["metrics"] else " |"
+        lines.append(f"| {label} | {100 * value:.2f} |{cell} {100 * chance:.2f} | {value / chance:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -55,7 +62,12 @@ def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
     for task, key, label in HEADLINE:
         points = [(r["step"], r["eval"][task][key]) for r in evals if task in r["eval"]]
         if points and (key.endswith("@1") or key == "acc1"):
-            ax_rec.plot(*zip(*points), marker="o", label=label)
+            line, = ax_rec.plot(*zip(*points), marker="o", label=label)
+            reranked = [(r["step"], r["eval"]["retrieval_reranked"][key]) for r in evals
+                        if task == "retrieval" and "retrieval_reranked" in r["eval"]]
+            if reranked:
+                ax_rec.plot(*zip(*reranked), marker="s", linestyle="--", color=line.get_color(),
+                            label=f"{label}, ITM re-ranked")
     ax_rec.set_xlabel("step")
     ax_rec.set_ylabel("held-out score")
     ax_rec.set_title("held-out recall@1 and zero-shot accuracy")

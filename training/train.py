@@ -27,12 +27,12 @@ from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.kernels import training_attention
 from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.model import text_trimmable
-from mmcontrast.model_dir import is_model_dir, load_weights, read_model_dir
-from mmcontrast.objectives import clamp_logit_scale
+from mmcontrast.model_dir import is_model_dir, load_dir_weights, load_weights
+from mmcontrast.objectives import WithFusion, clamp_logit_scale
 from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, save_config, to_dict
+from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler
 from .report import write_report
@@ -84,8 +84,9 @@ def make_accelerator(precision: str) -> Accelerator:
 def build(cfg: TrainConfig):
     """Model (seeded init), tokenizer, train transform, optimizer, scheduler, objective."""
     try:
+        fusion = {"fusion": cfg.model.fusion} if cfg.model.fusion else {}
         model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout,
-                                vision=cfg.model.vision, text=cfg.model.text)
+                                vision=cfg.model.vision, text=cfg.model.text, **fusion)
     except (ValueError, TypeError, RuntimeError) as e:  # open_clip/timm reject a bad tower setting
         raise UserError(f"model {cfg.model.name!r} with vision={cfg.model.vision} text={cfg.model.text}: {e}") from None
     if cfg.model.pretrained:
@@ -96,7 +97,10 @@ def build(cfg: TrainConfig):
         if cfg.model.vision or cfg.model.text:
             raise UserError(f"model.vision/model.text change the towers of {cfg.model.name}, whose weights "
                             f"would then not fit; set model.pretrained to start from other weights")
-        load_weights(model, read_model_dir(cfg.model.name)[1])
+        load_dir_weights(model, cfg.model.name)
+    if cfg.eval.rerank_k and not hasattr(model, "fusion"):
+        raise UserError("eval.rerank_k re-ranks with the ITM head of fusion blocks; set model.fusion, or "
+                        "eval.rerank_k=0")
     lock_towers(model, cfg.model.lock_image, cfg.model.lock_image_unlocked_groups, cfg.model.lock_text,
                 cfg.model.lock_text_unlocked_layers)
     set_train_mode(model, True)
@@ -112,10 +116,17 @@ def build(cfg: TrainConfig):
 
 
 def build_objective(cfg: TrainConfig, model: torch.nn.Module):
-    """The configured objective, attached to the model when it needs it (teacher copy, SSL head)."""
+    """The configured objective, attached to the model when it needs it (teacher copy, SSL head), wrapped in
+    the fusion-stream terms when the model has fusion blocks."""
+    modes = dict(local_loss=cfg.objective.local_loss, gather_with_grad=cfg.objective.gather_with_grad)
+    has_fusion = hasattr(model, "fusion")
+    if not has_fusion and cfg.objective.fusion != FusionObjectiveConfig():
+        raise UserError("objective.fusion sets terms on the fusion stream, but the model has no fusion blocks; "
+                        "set model.fusion (e.g. {depth: 2, width: 128, heads: 4, num_fusion_tokens: 8})")
     try:
-        objective = mc.make_objective(cfg.objective.name, local_loss=cfg.objective.local_loss,
-                                      gather_with_grad=cfg.objective.gather_with_grad, **cfg.objective.options)
+        objective = mc.make_objective(cfg.objective.name, **modes, **cfg.objective.options)
+        if has_fusion:
+            objective = WithFusion(objective, **to_dict(cfg)["objective"]["fusion"], **modes)
     except ValueError as e:
         raise UserError(f"objective: {e}") from None
     if getattr(objective, "needs_model", False):
@@ -123,6 +134,9 @@ def build_objective(cfg: TrainConfig, model: torch.nn.Module):
     if cfg.objective.name == "siglip" and getattr(model, "logit_bias", None) is None:
         raise UserError(f"objective siglip needs a model with a learnable logit bias; {cfg.model.name} has none "
                         f"(use model.name=tiny-siglip or an open_clip SigLIP architecture)")
+    if cfg.train.chunk_size and has_fusion:
+        raise UserError("train.chunk_size (GradCache) cannot serve fusion blocks: the fusion stream and its hard "
+                        "negatives need whole pairs, not cached embeddings; set train.chunk_size=0")
     if cfg.train.chunk_size and getattr(objective, "wants_views", False):
         raise UserError(f"train.chunk_size (GradCache) cannot serve objective {cfg.objective.name}: its extra "
                         f"image views and BatchNorm head are not chunked; set train.chunk_size=0")
@@ -341,7 +355,10 @@ def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", s
     result = evaluate(model, cfg.eval, accelerator.device)
     set_train_mode(model, was_training)
     if result:
-        log.write({"step": step, "eval": {task: r["metrics"] for task, r in result.items()}})
+        record = {task: r["metrics"] for task, r in result.items()}
+        if "reranked" in result.get("retrieval", {}):
+            record["retrieval_reranked"] = result["retrieval"]["reranked"]["metrics"]
+        log.write({"step": step, "eval": record})
     return result
 
 

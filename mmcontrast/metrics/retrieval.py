@@ -60,7 +60,7 @@ def _exact_ranks(scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor) 
     return ranks
 
 
-def _positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
+def positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
     """[I, P] caption indices of every image, padded with −1 (P = most captions of one image)."""
     counts = torch.bincount(text_to_image, minlength=n_images)
     width = max(1, int(counts.max().item()) if counts.numel() else 1)
@@ -82,7 +82,7 @@ def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor, t
     n_images = image_features.shape[0]
     t2i = [_ranks_from_positive_lists(scores, text_to_image[s:s + len(scores), None], max_rank)
            for s, scores in _score_blocks(text_features, image_features, chunk_size)]
-    captions_of = _positive_lists(text_to_image, n_images)
+    captions_of = positive_lists(text_to_image, n_images)
     i2t = [_ranks_from_positive_lists(scores, captions_of[s:s + len(scores)], max_rank)
            for s, scores in _score_blocks(image_features, text_features, chunk_size)]
     return torch.cat(t2i), torch.cat(i2t)

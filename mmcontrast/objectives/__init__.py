@@ -2,7 +2,8 @@
 
 Every objective takes the model's output dict (``image_features``, ``text_features``,
 ``logit_scale`` and, for SigLIP, ``logit_bias``) and the batch (for sample ids); ``docs/objectives.md``
-gives each one's formula, paper, defaults and cost.
+gives each one's formula, paper, defaults and cost. Models with fusion blocks wrap the chosen objective
+in ``WithFusion``, which adds the image–text matching and Zorro terms on the fusion stream.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 from .clip import ClipLoss, clamp_logit_scale
+from .fusion import WithFusion
 from .hard_negatives import (
     DebiasedLoss,
     DecoupledLoss,
@@ -50,5 +52,5 @@ def make_objective(name: str, **kwargs):
 
 
 __all__ = ["OBJECTIVES", "ClipLoss", "DebiasedLoss", "DecoupledLoss", "HardNegativeHCL", "HardNegativeNCE",
-           "MomentumDistillation", "SLIPLoss", "SigLipLoss", "WeightedDecoupledLoss", "clamp_logit_scale",
+           "MomentumDistillation", "SLIPLoss", "SigLipLoss", "WeightedDecoupledLoss", "WithFusion", "clamp_logit_scale",
            "make_objective", "objective_options", "sample_hard_negatives"]

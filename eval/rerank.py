@@ -1,0 +1,115 @@
+"""Re-ranking retrieval candidates with the image–text matching head of a model with fusion blocks.
+
+The ALBEF/BLIP convention (``EVAL.md``; ALBEF ``Retrieval.py`` with ``k_test``): each query's top K
+candidates by dual-encoder similarity are re-scored with the ITM head and ranked by that score; every
+other candidate ranks after them (ALBEF fills their cells with −100). Recall@k for k ≤ K follows.
+The score is BLIP's (ITM score + similarity) in the form the fusion objectives train
+(``mmcontrast.objectives.fusion``): log p(match) − log p(no match) + s·cos, s the model's logit
+scale. Ties keep the dual-encoder order.
+
+Each process computes both modalities' stream states for the whole set (kept on the CPU: per item
+depth + 1 tensors of its token count × the block width) and re-scores its share of the queries; the
+per-query ranks are gathered, so every process reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tqdm import tqdm
+
+from mmcontrast.errors import UserError
+from mmcontrast.fusion import Streams
+from mmcontrast.metrics.retrieval import KS, positive_lists, recall_at_k
+
+from .distributed import gather_rows, my_indices, rank_and_world
+from .encode import _batches
+from .sets import RetrievalSet
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _cat(parts: list[Streams]) -> Streams:
+    return Streams([torch.cat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))],
+                   torch.cat([p.valid for p in parts]))
+
+
+@torch.no_grad()
+def encode_streams(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: int, device: torch.device,
+                   dtype: torch.dtype | None, workers: int, progress: bool) -> tuple[Streams, Streams]:
+    """Both modalities' stream states for every image and caption of ``ds``, on the CPU."""
+    images, texts = [], []
+    n = len(ds)
+    with tqdm(total=n + len(ds.texts), desc=f"{ds.name}: streams", disable=not progress, leave=False) as bar:
+        for pixels in _batches(ds.images, list(range(n)), preprocess, batch_size, workers):
+            with _autocast(device, dtype):
+                images.append(model.image_streams(pixels.to(device))[1].to("cpu"))
+            bar.update(len(pixels))
+        for start in range(0, len(ds.texts), batch_size):
+            tokens = tokenizer(ds.texts[start:start + batch_size]).to(device)
+            with _autocast(device, dtype):
+                texts.append(model.text_streams(tokens)[1].to("cpu"))
+            bar.update(len(tokens))
+    return _cat(images), _cat(texts)
+
+
+def reranked_ranks(model, queries: Streams, gallery: Streams, candidates: torch.Tensor, similarity: torch.Tensor,
+                   positives: torch.Tensor, query_is_image: bool, device: torch.device, dtype: torch.dtype | None,
+                   batch_pairs: int = 2048) -> torch.Tensor:
+    """Rank [Q] of the first positive after re-scoring each query's candidates [Q, K]; K when none is among them.
+
+    ``similarity`` [Q, K]: s·cos of each candidate; ``positives`` [Q, K]: whether it is a positive of its query.
+    """
+    q, k = candidates.shape
+    query_index = torch.arange(q)[:, None].expand(q, k).reshape(-1)
+    gallery_index = candidates.reshape(-1)
+    scores = torch.empty(q * k)
+    for start in range(0, q * k, batch_pairs):
+        qi, gi = query_index[start:start + batch_pairs], gallery_index[start:start + batch_pairs]
+        a, b = queries.select(qi).to(device), gallery.select(gi).to(device)
+        image, text = (a, b) if query_is_image else (b, a)
+        with _autocast(device, dtype):
+            scores[start:start + len(qi)] = model.fusion.match_score(image, text).float().cpu()
+    order = torch.sort(-(scores.view(q, k) + similarity), dim=1, stable=True).indices
+    hits = positives.gather(1, order)
+    return torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.tensor(k))
+
+
+@torch.no_grad()
+def rerank_metrics(model, preprocess, tokenizer, ds: RetrievalSet, image_features: torch.Tensor,
+                   text_features: torch.Tensor, k: int, batch_size: int = 256, device: torch.device = "cpu",
+                   dtype: torch.dtype | None = None, workers: int = 0, progress: bool = True) -> dict:
+    """{"k": K, "metrics": recall@1/5/10 both ways after re-ranking each query's top K, CLIP_benchmark names}."""
+    if not hasattr(model, "fusion"):
+        raise UserError("re-ranking needs a model with fusion blocks and an ITM head (model.fusion); this model is "
+                        "a plain dual encoder")
+    if k < max(KS):
+        raise UserError(f"--rerank-k {k}: re-rank at least the top {max(KS)} candidates, so recall@{max(KS)} "
+                        f"is defined")
+    device = torch.device(device)
+    text_to_image = torch.tensor(ds.text_to_image)
+    image_streams, text_streams = encode_streams(model, preprocess, tokenizer, ds, batch_size, device, dtype,
+                                                 workers, progress and rank_and_world()[0] == 0)
+    k_i2t, k_t2i = min(k, len(ds.texts)), min(k, len(ds))
+    scale = model.logit_scale.exp().float().cpu()
+    # text → image: each caption's top images; its positive is its own image
+    mine = torch.tensor(my_indices(len(ds.texts)), dtype=torch.long)
+    sim, cand = (text_features[mine] @ image_features.T).topk(k_t2i, dim=1)
+    t2i = reranked_ranks(model, text_streams.select(mine), image_streams, cand, scale * sim,
+                         cand == text_to_image[mine, None], False, device, dtype)
+    # image → text: each image's top captions; positives are all of its captions
+    mine = torch.tensor(my_indices(len(ds)), dtype=torch.long)
+    sim, cand = (image_features[mine] @ text_features.T).topk(k_i2t, dim=1)
+    captions_of = positive_lists(text_to_image, len(ds))[mine]
+    positives = (cand[:, :, None] == captions_of[:, None, :]).any(dim=2)
+    i2t = reranked_ranks(model, image_streams.select(mine), text_streams, cand, scale * sim, positives, True,
+                         device, dtype)
+    t2i = gather_rows(t2i[:, None], len(ds.texts)).squeeze(1)
+    i2t = gather_rows(i2t[:, None], len(ds)).squeeze(1)
+    metrics = {f"image_retrieval_recall@{r}": v for r, v in recall_at_k(t2i).items()}
+    metrics.update({f"text_retrieval_recall@{r}": v for r, v in recall_at_k(i2t).items()})
+    metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
+    return {"k": k, "metrics": metrics}
