@@ -22,6 +22,8 @@ HEADLINE = [
     ("zeroshot", "acc5", "zero-shot acc5"),
 ]
 
+PARTS = ("loss_pure", "loss_itm", "loss_rerank", "loss_zorro")
+
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """(training records, eval records), the last record per step winning (a resumed run rewrites steps)."""
@@ -54,9 +56,15 @@ def results_table(result: dict) -> str:
 
 def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    steps = [r["step"] for r in train]
+    ax_loss.plot(steps, [r["loss"] for r in train], label="total")
+    for part in PARTS:  # the terms of an objective with several, e.g. fusion blocks
+        if train and part in train[0]:
+            ax_loss.plot(steps, [r.get(part, float("nan")) for r in train], label=part.removeprefix("loss_"))
+    if len(ax_loss.lines) > 1:
+        ax_loss.legend()
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("InfoNCE loss")
+    ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss")
     ax_loss.grid(alpha=0.3)
     for task, key, label in HEADLINE:
