@@ -18,7 +18,8 @@ as the first token, then the tower's token outputs. With ``pure_from="streams"``
 embedding is the tower's plus a zero-initialised projection of the stream's first output — so blocks
 added to a pretrained dual encoder start from its numbers. ``pure_from="towers"`` keeps the pure
 embeddings equal to the towers' (OpenCLIP then computes the same embeddings from the saved towers);
-the blocks serve only the fusion stream.
+the blocks serve only the fusion stream. The fusion tokens are learned, half of them offset by the
+image summary and half by the text summary (``fusion_input``).
 
 Because the streams never look at the fusion tokens, the fusion output of any image paired with any
 text needs only the fusion rows of each block, given both streams' states at every block input

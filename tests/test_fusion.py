@@ -171,6 +171,11 @@ def test_sampled_itm_negatives_never_share_an_id_and_follow_the_softmax():
     ids = torch.tensor([0, 1, 1, 2, 3, 3])
     positives = local_positives(6, ids, torch.device("cpu"))
     assert positives.tolist() == [[a == b for b in ids.tolist()] for a in ids.tolist()]
+    # the same caption word for word is a true match, never a negative
+    captions = torch.tensor([[49406, 320, 49407], [49406, 320, 49407], [49406, 321, 49407]])
+    assert local_positives(3, None, torch.device("cpu"), captions).tolist() == [[True, True, False],
+                                                                                 [True, True, False],
+                                                                                 [False, False, True]]
     g = torch.Generator().manual_seed(0)
     sim = torch.randn(6, 6, generator=g) * 2
     draws = torch.stack([sample_hard_negatives(sim, positives, generator=g) for _ in range(10_000)])

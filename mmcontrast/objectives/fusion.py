@@ -2,20 +2,24 @@
 
 ``WithFusion`` wraps the pure-embedding objective (CLIP, SigLIP, ...) and adds
 
-    L = L_pure + w_itm · L_ITM + w_zorro · L_Zorro
+    L = L_pure + w_itm · L_ITM + w_rerank · L_rerank + w_zorro · L_Zorro
 
 - **ITM** (ALBEF, Li et al. 2021, "Align before Fuse", arXiv 2107.07651, ``model_pretrain.py``): a
   2-way match / no-match head on the fusion embedding of each positive pair and of two hard
   negatives per sample — for each text an image, for each image a text, drawn from
-  softmax(similarity) over the local batch with every same-id pair excluded (``sample_hard_negatives``).
+  softmax(similarity) over the local batch with every same-id or same-caption pair excluded
+  (``sample_hard_negatives``).
   3b pairs, cross-entropy. The negatives' fusion outputs come from ``PartitionedFusion.fuse``: the
   streams are already computed, so a negative pair costs only the fusion tokens' rows.
+- **Listwise re-ranking loss** (LCE, Gao et al. 2021, arXiv 2101.08751): softmax cross-entropy of the
+  score retrieval re-ranks by (ITM log-odds + s·cos) over each anchor's positive and n hard negatives,
+  both directions (``WithFusion.rerank``).
 - **Zorro-style contrastive term** (Recasens et al. 2023, arXiv 2301.09595 — this project's adaptation,
   METHODS.md §6.1): InfoNCE between g(z_F) and h([sg(z_I); sg(z_T)]) over the global batch at a fixed
   temperature; g, h are linear heads owned by this objective (training only). ``zorro_stop_grad``
   keeps this term from moving the pure embeddings.
 
-Parts are logged separately: ``loss_pure``, ``loss_itm``, ``itm_accuracy``, ``loss_zorro``.
+Parts are logged separately: ``loss_pure``, ``loss_itm``, ``itm_accuracy``, ``loss_rerank``, ``loss_zorro``.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ def draw_without_replacement(similarity: torch.Tensor, positives: torch.Tensor, 
     return torch.multinomial(weights, n, replacement=False)
 
 
-def local_positives(b: int, ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """[b, b] bool: pairs of the local batch that are positives (same sample id, or the diagonal)."""
-    if ids is None:
-        return torch.eye(b, dtype=torch.bool, device=device)
-    return ids[:, None] == ids[None, :]
+def local_positives(b: int, ids: torch.Tensor | None, device: torch.device,
+                    text: torch.Tensor | None = None) -> torch.Tensor:
+    """[b, b] bool: pairs of the local batch that are positives — the diagonal, the same sample id, and
+    (given the token rows) the same caption word for word: such a "negative" is a true match
+    (METHODS.md §4.5, duplicates in the batch are false negatives)."""
+    same = torch.eye(b, dtype=torch.bool, device=device) if ids is None else ids[:, None] == ids[None, :]
+    if text is not None:
+        same = same | (text[:, None, :] == text[None, :, :]).all(dim=-1)
+    return same
 
 
 class WithFusion(torch.nn.Module):
@@ -96,11 +104,11 @@ class WithFusion(torch.nn.Module):
         loss = out["loss"]
         out = {"loss_pure": out["loss"].detach(), **{k: v for k, v in out.items() if k != "loss"}}
         if self.itm_weight:
-            itm, accuracy = self.itm(image_features, text_features, logit_scale, fusion, batch_ids(batch))
+            itm, accuracy = self.itm(image_features, text_features, logit_scale, fusion, batch)
             loss = loss + self.itm_weight * itm
             out.update(loss_itm=itm.detach(), itm_accuracy=accuracy)
         if self.rerank_weight:
-            rerank = self.rerank(image_features, text_features, logit_scale, fusion, batch_ids(batch))
+            rerank = self.rerank(image_features, text_features, logit_scale, fusion, batch)
             loss = loss + self.rerank_weight * rerank
             out["loss_rerank"] = rerank.detach()
         if self.zorro_weight:
@@ -109,12 +117,12 @@ class WithFusion(torch.nn.Module):
             out["loss_zorro"] = zorro.detach()
         return {"loss": loss, **out}
 
-    def itm(self, image_features, text_features, logit_scale, fusion: dict, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    def itm(self, image_features, text_features, logit_scale, fusion: dict, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """ALBEF's ITM loss on b positives and 2b sampled hard negatives, and the head's accuracy."""
         b = image_features.shape[0]
         own = torch.arange(b, device=image_features.device)
         with torch.no_grad():
-            sim, positives = self._similarity(image_features, text_features, logit_scale, ids)
+            sim, positives = self._similarity(image_features, text_features, logit_scale, batch)
             image_for_text = sample_hard_negatives(sim.T, positives.T)   # a negative image per text
             text_for_image = sample_hard_negatives(sim, positives)       # a negative text per image
         with self.model_autocast():
@@ -125,18 +133,18 @@ class WithFusion(torch.nn.Module):
         labels[:b] = 1
         return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == labels).float().mean().detach()
 
-    def rerank(self, image_features, text_features, logit_scale, fusion: dict, ids) -> torch.Tensor:
+    def rerank(self, image_features, text_features, logit_scale, fusion: dict, batch) -> torch.Tensor:
         """Listwise loss of the re-ranking score over each anchor's positive and n hard negatives, both ways.
 
         LCE (Gao et al. 2021, "Rethink Training of BERT Rerankers in Multi-Stage Retrieval Pipeline",
         arXiv 2101.08751): softmax cross-entropy over the positive and n negatives drawn without replacement
         from the first stage's distribution — here softmax(similarity), as for ITM (same-id pairs never).
-        The score is the one retrieval re-ranks by (``rerank_score``): ITM log-odds + s·cos, the similarity
+        The score is the one retrieval re-ranks by (``eval.rerank``): ITM log-odds + s·cos, the similarity
         detached, so this term trains the fusion blocks to correct the dual encoder where it errs.
         """
         b, n = image_features.shape[0], self.rerank_negatives
         with torch.no_grad():
-            sim, positives = self._similarity(image_features, text_features, logit_scale, ids)
+            sim, positives = self._similarity(image_features, text_features, logit_scale, batch)
             n = min(n, int((~positives).sum(dim=1).min()))
             candidates = {"text": draw_without_replacement(sim, positives, n),        # [b, n] texts per image
                           "image": draw_without_replacement(sim.T, positives.T, n)}  # [b, n] images per text
@@ -156,13 +164,14 @@ class WithFusion(torch.nn.Module):
         return (losses[0] + losses[1]) / 2
 
     @staticmethod
-    def _similarity(image_features, text_features, logit_scale, ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s·cos [b, b] of the local batch in fp32, same-id mask [b, b])."""
+    def _similarity(image_features, text_features, logit_scale, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s·cos [b, b] of the local batch in fp32, the pairs never sampled as negatives [b, b])."""
         sim = at_least_fp32(logit_scale) * at_least_fp32(image_features) @ at_least_fp32(text_features).T
-        return sim.detach(), local_positives(sim.shape[0], ids, sim.device)
+        text = None if batch is None else batch.get("text")
+        return sim.detach(), local_positives(sim.shape[0], batch_ids(batch), sim.device, text)
 
     def zorro_term(self, image_features, text_features, fused, batch) -> torch.Tensor:
-        pure = torch.cat([image_features, text_features], dim=1)
+        pure = at_least_fp32(torch.cat([image_features, text_features], dim=1))
         if self.zorro_stop_grad:
             pure = pure.detach()
         with self.model_autocast():
