@@ -28,7 +28,8 @@ class _Preprocessed(torch.utils.data.Dataset):
         return self.preprocess(self.images.image(self.indices[j]))
 
 
-def _batches(images, indices, preprocess, batch_size, workers):
+def image_batches(images, indices, preprocess, batch_size, workers):
+    """Preprocessed image batches of `indices`: a shard stream read in order here, files through a DataLoader."""
     if isinstance(images, WdsImages):  # a stream: read in order in this process
         batch = []
         for _, im in images.iter_images(indices):
@@ -52,7 +53,7 @@ def encode_images(model, preprocess: Callable, images: FileImages | WdsImages, b
     feats = []
     show = progress and rank_and_world()[0] == 0
     with tqdm(total=len(indices), desc=desc, disable=not show, leave=False) as bar:
-        for pixels in _batches(images, indices, preprocess, batch_size, workers):
+        for pixels in image_batches(images, indices, preprocess, batch_size, workers):
             with _autocast(device, dtype):
                 feats.append(F.normalize(model.encode_image(pixels.to(device)).float(), dim=-1).cpu())
             bar.update(len(pixels))

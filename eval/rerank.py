@@ -24,7 +24,7 @@ from mmcontrast.fusion import Streams
 from mmcontrast.metrics.retrieval import KS, positive_lists, recall_at_k
 
 from .distributed import gather_rows, my_indices, rank_and_world
-from .encode import _batches
+from .encode import image_batches
 from .sets import RetrievalSet
 
 
@@ -44,7 +44,7 @@ def encode_streams(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: i
     images, texts = [], []
     n = len(ds)
     with tqdm(total=n + len(ds.texts), desc=f"{ds.name}: streams", disable=not progress, leave=False) as bar:
-        for pixels in _batches(ds.images, list(range(n)), preprocess, batch_size, workers):
+        for pixels in image_batches(ds.images, list(range(n)), preprocess, batch_size, workers):
             with _autocast(device, dtype):
                 images.append(model.image_streams(pixels.to(device))[1].to("cpu"))
             bar.update(len(pixels))

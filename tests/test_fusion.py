@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmcontrast as mc
-from eval.encode import encode_images, encode_texts
+from eval.encode import encode_images, encode_texts, image_batches
 from eval.readers import read_wds
 from eval.rerank import rerank_metrics
 from eval.retrieval import run_retrieval
@@ -242,8 +242,7 @@ def test_model_dir_keeps_the_blocks_and_open_clip_loads_the_towers(model, inputs
 def _reranked_by_brute_force(model, ds, preprocess, tokenizer, image_features, text_features, k):
     """ALBEF's score matrices: ITM log-odds + s·cos of every pair, from the joint run; −100 outside each
     query's top k by similarity."""
-    from eval.encode import _batches
-    pixels = torch.cat(list(_batches(ds.images, list(range(len(ds))), preprocess, 256, 0)))
+    pixels = torch.cat(list(image_batches(ds.images, list(range(len(ds))), preprocess, 256, 0)))
     tokens = tokenizer(ds.texts)
     with torch.no_grad():
         scores = torch.empty(len(ds), len(ds.texts))
@@ -337,3 +336,19 @@ def test_fusion_run_trains_reports_both_recalls_and_evaluates_from_the_cli(small
     for key, value in result["retrieval"]["reranked"]["metrics"].items():
         assert record["reranked"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert "ITM re-ranked top 10" in out.with_suffix(".md").read_text()
+
+
+def _rerank_worker(rank, world, retrieval_dir):
+    from eval.distributed import rank_and_world
+    assert rank_and_world() == (rank, world)
+    model = small_fusion_model()
+    _, preprocess = mc.make_transforms(model.preprocess_cfg)
+    ds = read_wds(retrieval_dir).first_captions(2)
+    return run_retrieval(model, preprocess, mc.make_tokenizer(model.model_cfg), ds, progress=False, rerank_k=10)
+
+
+def test_two_processes_rerank_like_one(small_demo):
+    from .spawn import run_workers
+    single = _rerank_worker(0, 1, small_demo / "retrieval")["reranked"]["metrics"]
+    for result in run_workers(_rerank_worker, 2, small_demo / "retrieval"):
+        assert result["reranked"]["metrics"] == pytest.approx(single, abs=1e-9)
