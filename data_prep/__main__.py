@@ -1,4 +1,4 @@
-"""``python -m data_prep demo|shards``: build webdataset shards."""
+"""``python -m data_prep demo|shards|check``: build webdataset shards, or check a shard directory."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     shards.add_argument("--image-col", default="image")
     shards.add_argument("--caption-col", default="caption")
     shards.add_argument("--workers", type=int, default=2)
+    check = sub.add_parser("check", help="read every shard of DIR: counts against the manifest, every image "
+                                         "decoded, every caption present; exit status 1 on problems")
+    check.add_argument("dir")
+    check.add_argument("--workers", type=int, default=2)
+    check.add_argument("--json", default=None, help="also write the full report as JSON here")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import build_demo
@@ -34,6 +39,18 @@ def main(argv: list[str] | None = None) -> None:
                        workers=args.workers)
         print(f"demo data in {args.out}: {m['train']['samples']} training pairs, "
               f"{m['retrieval']['images']} retrieval images, {m['zeroshot']['images']} zero-shot images")
+    elif args.command == "check":
+        import json
+        import sys
+
+        from .check import check_dir, format_report
+        report = check_dir(args.dir, workers=args.workers)
+        print(format_report(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        if not report["ok"]:
+            sys.exit(1)
     else:
         from .shards import build_shards
         m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,

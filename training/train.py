@@ -313,8 +313,9 @@ def check_bad_fraction(record: dict, max_fraction: float, checkpoints: Path) -> 
     read = bad + record["samples_read"]
     if read >= MIN_SAMPLES_TO_JUDGE and bad > max_fraction * read:
         raise UserError(f"{bad} of {read} samples read ({100 * bad / read:.1f}%) were unusable, more than "
-                        f"data.max_bad_fraction = {max_fraction:g} ({faults}); repair or rebuild the shards of "
-                        f"data.train, or raise the limit; checkpoints so far are kept in {checkpoints}")
+                        f"data.max_bad_fraction = {max_fraction:g} ({faults}); `python -m data_prep check DIR` "
+                        f"lists what is wrong in a shard directory: repair or rebuild the shards of data.train, "
+                        f"or raise the limit; checkpoints so far are kept in {checkpoints}")
 
 
 class Meter:
