@@ -17,14 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--retrieval-size", type=int, default=1000)
     demo.add_argument("--zeroshot-size", type=int, default=1600)
     demo.add_argument("--workers", type=int, default=2)
-    shards = sub.add_parser("shards", help="CSV/TSV of (image, caption) or a folder of image + .txt → shards")
-    shards.add_argument("--input", required=True, help="captions.csv|.tsv or a folder")
+    shards = sub.add_parser("shards", help="a table (CSV/TSV/JSONL/Parquet) of image + captions, or a folder of "
+                                          "image + .txt → shards")
+    shards.add_argument("--input", required=True, help="captions.csv|.tsv|.jsonl|.parquet or a folder")
     shards.add_argument("--out", required=True)
     shards.add_argument("--max-side", type=int, default=256)
     shards.add_argument("--quality", type=int, default=90)
     shards.add_argument("--shard-size", type=int, default=1000)
     shards.add_argument("--image-col", default="image")
-    shards.add_argument("--caption-col", default="caption")
+    shards.add_argument("--caption-col", default="caption",
+                        help="caption column; several comma-separated columns give several captions per image")
     shards.add_argument("--workers", type=int, default=2)
     check = sub.add_parser("check", help="read every shard of DIR: counts against the manifest, every image "
                                          "decoded, every caption present; exit status 1 on problems")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         from .shards import build_shards
         m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,
                          shard_size=args.shard_size, image_col=args.image_col,
-                         caption_col=args.caption_col, workers=args.workers)
+                         caption_col=args.caption_col.split(","), workers=args.workers)
         print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out}; skipped {m['skipped']}")
 
 

@@ -1,9 +1,10 @@
-"""``python -m data_prep shards``: image–caption pairs from a CSV/TSV or a folder → webdataset shards.
+"""``python -m data_prep shards``: image–caption pairs from a table or a folder → webdataset shards.
 
-Inputs: a CSV/TSV with an image path column and a caption column (paths relative to the file), or
-a folder where each image ``x.jpg`` has a caption file ``x.txt`` beside it. Images are resized so
-the longer side is at most ``max_side`` and re-encoded as JPEG; unreadable images and missing
-captions are skipped and counted by reason in the manifest.
+Inputs: a table — CSV/TSV, JSON Lines (``.jsonl``) or Parquet — with an image column (a path, relative
+to the table, or the image's bytes) and one or several caption columns (several captions of one image
+go into ``key.txt`` one per line), or a folder where each image ``x.jpg`` has a caption file ``x.txt``
+beside it. Images are resized so the longer side is at most ``max_side`` and re-encoded as JPEG;
+unreadable images and missing captions are skipped and counted by reason in the manifest.
 """
 
 from __future__ import annotations
@@ -25,18 +26,47 @@ from .writer import ShardWriter
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def pairs_from_table(path: Path, image_col: str, caption_col: str) -> list[tuple[str, str]]:
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV/TSV, JSON Lines or Parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        table = pq.read_table(path)
+        return table.column_names, table.to_pylist()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}, line {n}: not JSON ({e})") from None
+        return sorted({k for r in rows for k in r}), rows
+    delimiter = "\t" if suffix in (".tsv", ".tab") else ","
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        cols = reader.fieldnames or []
-        for col in (image_col, caption_col):
-            if col not in cols:
-                raise UserError(f"{path} has no column {col!r} (columns: {cols}); "
-                                f"name them with --image-col/--caption-col")
-        rows = [(r[image_col], r[caption_col]) for r in reader]
-    return [(str((path.parent / img).resolve()) if not Path(img).is_absolute() else img, cap or "")
-            for img, cap in rows]
+        return list(reader.fieldnames or []), list(reader)
+
+
+def pairs_from_table(path: Path, image_col: str, caption_cols: str | list[str]) -> list[tuple[str | bytes, str]]:
+    """(image path or bytes, captions one per line) per row; relative paths are taken from the table's folder."""
+    caption_cols = [caption_cols] if isinstance(caption_cols, str) else list(caption_cols)
+    cols, rows = read_rows(path)
+    for col in (image_col, *caption_cols):
+        if col not in cols:
+            raise UserError(f"{path} has no column {col!r} (columns: {cols}); "
+                            f"name them with --image-col/--caption-col")
+    out = []
+    for r in rows:
+        image = r[image_col]
+        if isinstance(image, dict) and "bytes" in image:  # an Image feature of datasets in Parquet: {bytes, path}
+            image = image["bytes"]
+        if isinstance(image, str) and not Path(image).is_absolute():
+            image = str((path.parent / image).resolve())
+        captions = [" ".join(str(r.get(c) or "").split()) for c in caption_cols]
+        out.append((image, "\n".join(c for c in captions if c)))
+    return out
 
 
 def pairs_from_folder(root: Path) -> list[tuple[str, str | None]]:
@@ -49,9 +79,10 @@ def pairs_from_folder(root: Path) -> list[tuple[str, str | None]]:
 
 
 def _encode(args) -> tuple[str, bytes | None, tuple[int, int] | None]:
-    path, max_side, quality = args
+    source, max_side, quality = args
+    path = source if isinstance(source, str) else "<bytes>"
     try:
-        with Image.open(path) as im:
+        with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as im:
             im = im.convert("RGB")
             size = im.size
             if max(size) > max_side:
@@ -66,7 +97,7 @@ def _encode(args) -> tuple[str, bytes | None, tuple[int, int] | None]:
 
 
 def build_shards(input_path: str | Path, out: str | Path, max_side: int = 256, quality: int = 90,
-                 shard_size: int = 1000, image_col: str = "image", caption_col: str = "caption",
+                 shard_size: int = 1000, image_col: str = "image", caption_col: str | list[str] = "caption",
                  workers: int = 2) -> dict:
     src = Path(input_path)
     if not src.exists():
@@ -75,22 +106,25 @@ def build_shards(input_path: str | Path, out: str | Path, max_side: int = 256, q
     skipped: Counter = Counter()
     writer = ShardWriter(out, max_count=shard_size)
     todo = []
-    for img, cap in pairs:
-        if cap is None or not cap.strip():
+    for row, (img, cap) in enumerate(pairs):
+        if img is None or img == "":
+            skipped["missing_image"] += 1
+        elif cap is None or not cap.strip():
             skipped["missing_caption"] += 1
         else:
-            todo.append((img, " ".join(cap.split())))
+            # whitespace runs become one space in each caption; several captions stay one per line
+            todo.append((row, img, "\n".join(" ".join(line.split()) for line in cap.splitlines() if line.strip())))
     with Pool(workers) as pool:
-        results = pool.imap(_encode, [(img, max_side, quality) for img, _ in todo], chunksize=16)
-        for n, ((_, caption), (path, data, size)) in enumerate(zip(todo, tqdm(results, total=len(todo),
-                                                                                 desc="shards"))):
+        results = pool.imap(_encode, [(img, max_side, quality) for _, img, _ in todo], chunksize=16)
+        for n, ((row, _, caption), (path, data, size)) in enumerate(zip(todo, tqdm(results, total=len(todo),
+                                                                                      desc="shards"))):
             if data is None:
                 skipped["missing_image"] += 1
                 continue
             if not data:
                 skipped["unreadable_image"] += 1
                 continue
-            meta = {"source": path, "original_size": list(size)}
+            meta = {"source": path, "row": row, "original_size": list(size)}
             writer.write({"__key__": f"{n:09d}", "jpg": data, "txt": caption, "json": json.dumps(meta)})
     options = dict(max_side=max_side, quality=quality, shard_size=shard_size)
     return writer.close(source=str(src), options=options, skipped=dict(skipped))

@@ -10,11 +10,13 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_prep import shapes
 from data_prep.shards import build_shards
 from eval.readers import read_wds
+from mmcontrast.errors import UserError
 
 
 def test_samples_are_a_pure_function_of_seed_and_index():
@@ -94,3 +96,41 @@ def test_folder_to_shards_via_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["total"] == 2 and manifest["skipped"] == {"missing_caption": 1}
+
+
+def _shard_contents(out, manifest):
+    samples = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return [samples[k] for k in sorted(samples)]
+
+
+def test_jsonl_and_parquet_with_image_bytes_and_several_caption_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    paths = _photos(tmp_path)
+    rows = [{"file": p.name, "en": f"photo {i}", "alt": f"  another   view {i} "} for i, p in enumerate(paths)]
+    rows[1]["alt"] = None  # one caption only for this image
+    rows[2]["en"] = rows[2]["alt"] = ""  # none: skipped
+    with (tmp_path / "rows.jsonl").open("w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    m = build_shards(tmp_path / "rows.jsonl", tmp_path / "jsonl", image_col="file", caption_col=["en", "alt"],
+                     max_side=64, workers=1)
+    assert m["total"] == len(paths) - 1 and m["skipped"] == {"missing_caption": 1}
+    samples = _shard_contents(tmp_path / "jsonl", m)
+    assert samples[0]["txt"].decode() == "photo 0\nanother view 0"
+    assert samples[1]["txt"].decode() == "photo 1"
+    assert [json.loads(s["json"])["row"] for s in samples] == [0, 1, 3, 4]
+    # Parquet holding the image bytes themselves, as datasets / img2dataset write them ({bytes, path})
+    table = pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in paths],
+                      "caption": [r["en"] or "x" for r in rows]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    m2 = build_shards(tmp_path / "rows.parquet", tmp_path / "parquet", max_side=64, workers=1)
+    assert m2["total"] == len(paths) and not m2["skipped"]
+    from_parquet = _shard_contents(tmp_path / "parquet", m2)
+    assert from_parquet[0]["jpg"] == samples[0]["jpg"]  # same pixels whether read from a path or from bytes
+    with pytest.raises(UserError, match="no column 'caption'"):
+        build_shards(tmp_path / "rows.jsonl", tmp_path / "bad", image_col="file", workers=1)
