@@ -14,8 +14,6 @@ per-query ranks are gathered, so every process reports the same numbers.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from tqdm import tqdm
 
@@ -24,12 +22,8 @@ from mmcontrast.fusion import Streams
 from mmcontrast.metrics.retrieval import KS, positive_lists, recall_at_k
 
 from .distributed import gather_rows, my_indices, rank_and_world
-from .encode import image_batches
+from .encode import _autocast, image_batches
 from .sets import RetrievalSet
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _cat(parts: list[Streams]) -> Streams:
