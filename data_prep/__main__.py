@@ -6,6 +6,11 @@ import argparse
 
 from mmcontrast.errors import run_main
 
+from .process import RESIZE_MODES, ProcessOptions
+from .sources import SOURCES, SourceOptions
+
+SOURCE_FORMATS = sorted(SOURCES)
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
@@ -17,17 +22,33 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--retrieval-size", type=int, default=1000)
     demo.add_argument("--zeroshot-size", type=int, default=1600)
     demo.add_argument("--workers", type=int, default=2)
-    shards = sub.add_parser("shards", help="a table (CSV/TSV/JSONL/Parquet) of image + captions, or a folder of "
-                                          "image + .txt → shards")
-    shards.add_argument("--input", required=True, help="captions.csv|.tsv|.jsonl|.parquet or a folder")
-    shards.add_argument("--out", required=True)
-    shards.add_argument("--max-side", type=int, default=256)
-    shards.add_argument("--quality", type=int, default=90)
-    shards.add_argument("--shard-size", type=int, default=1000)
-    shards.add_argument("--image-col", default="image")
+    shards = sub.add_parser("shards", help="image–caption pairs (table, folder, saved HF dataset, COCO/Karpathy "
+                                          "annotations, webdataset shards) → clean shards; resumable")
+    shards.add_argument("--input", required=True,
+                        help="a .csv/.tsv/.jsonl/.parquet table, an image folder, a save_to_disk folder, a COCO or "
+                             "Karpathy .json, or webdataset shards (a folder, a .tar, a {000..009}.tar pattern)")
+    shards.add_argument("--out", required=True, help="the shard folder; run the same command again to resume")
+    shards.add_argument("--format", default="auto", choices=["auto", *SOURCE_FORMATS])
+    shards.add_argument("--image-col", default="image", help="table / dataset column of image paths or bytes")
     shards.add_argument("--caption-col", default="caption",
-                        help="caption column; several comma-separated columns give several captions per image")
-    shards.add_argument("--workers", type=int, default=2)
+                        help="caption column(s), comma-separated: several give several captions per image "
+                             "(also the caption fields of .json sidecars and webdataset .json)")
+    shards.add_argument("--id-col", default=None, help="table / dataset column of ids (default: the row number)")
+    shards.add_argument("--image-root", default=None, help="COCO / Karpathy: the folder that holds the images")
+    shards.add_argument("--split", default="train",
+                        help="Karpathy split(s), comma-separated (train = train + restval); HF DatasetDict split")
+    shards.add_argument("--size", type=int, default=256)
+    shards.add_argument("--resize", default="shorter", choices=RESIZE_MODES,
+                        help="shorter: shorter side at most --size (aspect kept); center_crop: --size × --size; "
+                             "longer: longer side at most --size; none: pixels kept")
+    shards.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    shards.add_argument("--min-size", type=int, default=0, help="skip images whose shorter side is smaller")
+    shards.add_argument("--max-aspect", type=float, default=0.0, help="skip images with longer/shorter above this")
+    shards.add_argument("--min-caption-words", type=int, default=1)
+    shards.add_argument("--max-caption-words", type=int, default=0, help="0: no limit")
+    shards.add_argument("--no-dedup", action="store_true", help="keep images whose bytes equal an earlier one's")
+    shards.add_argument("--shard-size", type=int, default=1000)
+    shards.add_argument("--workers", type=int, default=2, help="processes decoding and encoding images")
     check = sub.add_parser("check", help="read every shard of DIR: counts against the manifest, every image "
                                          "decoded, every caption present; exit status 1 on problems")
     check.add_argument("dir")
@@ -55,10 +76,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
     else:
         from .shards import build_shards
-        m = build_shards(args.input, args.out, max_side=args.max_side, quality=args.quality,
-                         shard_size=args.shard_size, image_col=args.image_col,
-                         caption_col=args.caption_col.split(","), workers=args.workers)
-        print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out}; skipped {m['skipped']}")
+        sources = SourceOptions(image_col=args.image_col, caption_cols=args.caption_col.split(","),
+                                id_col=args.id_col, image_root=args.image_root, split=args.split)
+        m = build_shards(args.input, args.out, format=args.format, shard_size=args.shard_size, workers=args.workers,
+                         source_options=sources,
+                         options=ProcessOptions(size=args.size, resize=args.resize, quality=args.quality,
+                                                min_size=args.min_size, max_aspect=args.max_aspect,
+                                                min_caption_words=args.min_caption_words,
+                                                max_caption_words=args.max_caption_words, dedup=not args.no_dedup))
+        skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items()) or "nothing"
+        print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out} (skipped: {skipped}); "
+              f"see {args.out}/report.md")
 
 
 if __name__ == "__main__":

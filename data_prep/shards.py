@@ -1,130 +1,220 @@
-"""``python -m data_prep shards``: image–caption pairs from a table or a folder → webdataset shards.
+"""``python -m data_prep shards``: image–caption pairs in any supported format → clean webdataset shards.
 
-Inputs: a table — CSV/TSV, JSON Lines (``.jsonl``) or Parquet — with an image column (a path, relative
-to the table, or the image's bytes) and one or several caption columns (several captions of one image
-go into ``key.txt`` one per line), or a folder where each image ``x.jpg`` has a caption file ``x.txt``
-beside it. Images are resized so the longer side is at most ``max_side`` and re-encoded as JPEG;
-unreadable images and missing captions are skipped and counted by reason in the manifest.
+Records come from a source (``data_prep.sources``) in a fixed order; worker processes clean and filter the
+captions and check, resize and re-encode the images (``data_prep.process``); the main process drops exact
+duplicates and writes shards of exactly ``shard_size`` samples (the last one fewer), each ``key.jpg``,
+``key.txt`` (captions one per line) and ``key.json`` (id, source, original size, content hash).
+
+Resuming: after each shard, ``_build/NNNNNN.json`` records where in the input it ended, what was skipped and
+the hashes seen, so a killed build run again with the same command continues after its last whole shard and
+gives byte for byte the output of an uninterrupted one. At the end come ``manifest.json`` (counts per shard,
+totals, options — the trainer reads it for epoch lengths) and ``report.md`` with ``report.png``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Iterator
 
-from PIL import Image
 from tqdm import tqdm
 
 from mmcontrast.errors import UserError
 
-from .writer import ShardWriter
+from .process import ProcessOptions, filter_captions, process_image
+from .report import write_report
+from .sources import Record, SourceOptions, open_source
+from .writer import MANIFEST, write_json, write_shard
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV/TSV, JSON Lines or Parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        table = pq.read_table(path)
-        return table.column_names, table.to_pylist()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}, line {n}: not JSON ({e})") from None
-        return sorted({k for r in rows for k in r}), rows
-    delimiter = "\t" if suffix in (".tsv", ".tab") else ","
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        return list(reader.fieldnames or []), list(reader)
+BUILD = "_build"       # resume state, one file per finished shard
+MAX_EXAMPLES = 5       # sources named per skip reason in the report
 
 
-def pairs_from_table(path: Path, image_col: str, caption_cols: str | list[str]) -> list[tuple[str | bytes, str]]:
-    """(image path or bytes, captions one per line) per row; relative paths are taken from the table's folder."""
-    caption_cols = [caption_cols] if isinstance(caption_cols, str) else list(caption_cols)
-    cols, rows = read_rows(path)
-    for col in (image_col, *caption_cols):
-        if col not in cols:
-            raise UserError(f"{path} has no column {col!r} (columns: {cols}); "
-                            f"name them with --image-col/--caption-col")
-    out = []
-    for r in rows:
-        image = r[image_col]
-        if isinstance(image, dict) and "bytes" in image:  # an Image feature of datasets in Parquet: {bytes, path}
-            image = image["bytes"]
-        if isinstance(image, str) and not Path(image).is_absolute():
-            image = str((path.parent / image).resolve())
-        captions = [" ".join(str(r.get(c) or "").split()) for c in caption_cols]
-        out.append((image, "\n".join(c for c in captions if c)))
+def process_pair(task: tuple[str | bytes, list[str]], options: ProcessOptions) -> dict:
+    """A worker's job: captions first (cheap, and a failing caption spares decoding), then the image."""
+    image, captions = task
+    captions, reason = filter_captions(captions, options)
+    if reason:
+        return {"skip": reason}
+    out = process_image(image, options)
+    out["captions"] = captions
     return out
 
 
-def pairs_from_folder(root: Path) -> list[tuple[str, str | None]]:
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    out = []
-    for p in images:
-        txt = p.with_suffix(".txt")
-        out.append((str(p), txt.read_text(encoding="utf-8") if txt.is_file() else None))
-    return out
+@dataclass
+class Span:
+    """What one shard holds and the records read since the previous shard: the resume state's unit."""
+    name: str | None = None
+    count: int = 0
+    bytes: int = 0
+    next_record: int = 0
+    captions: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+    hashes: list = field(default_factory=list)
+    short_side: Counter = field(default_factory=Counter)
+    aspect: Counter = field(default_factory=Counter)
+    caption_words: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str, source: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples.setdefault(reason, [])) < MAX_EXAMPLES:
+            self.examples[reason].append(source)
+
+    def to_json(self) -> dict:
+        return {f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v for f in fields(self)}
+
+    @classmethod
+    def load(cls, path: Path) -> "Span":
+        d = json.loads(path.read_text())
+        counters = {k: Counter({(float(x) if k == "aspect" else int(x)): n for x, n in d[k].items()})
+                    for k in ("short_side", "aspect", "caption_words")}
+        return cls(**{**d, **counters, "skipped": Counter(d["skipped"])})
 
 
-def _encode(args) -> tuple[str, bytes | None, tuple[int, int] | None]:
-    source, max_side, quality = args
-    path = source if isinstance(source, str) else "<bytes>"
-    try:
-        with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as im:
-            im = im.convert("RGB")
-            size = im.size
-            if max(size) > max_side:
-                im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=quality)
-        return path, buf.getvalue(), size
-    except FileNotFoundError:
-        return path, None, None
-    except Exception:
-        return path, b"", None
+def _ordered_outcomes(records: Iterator[Record], options: ProcessOptions, workers: int,
+                      block: int = 256) -> Iterator[tuple[Record, dict]]:
+    """(record, outcome) in input order; at most a few blocks in flight, so memory stays bounded."""
+    work = partial(process_pair, options=options)
 
+    def chunks():
+        chunk = []
+        for r in records:
+            chunk.append(r)
+            if len(chunk) == block:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
-def build_shards(input_path: str | Path, out: str | Path, max_side: int = 256, quality: int = 90,
-                 shard_size: int = 1000, image_col: str = "image", caption_col: str | list[str] = "caption",
-                 workers: int = 2) -> dict:
-    src = Path(input_path)
-    if not src.exists():
-        raise UserError(f"input not found: {src}")
-    pairs = pairs_from_folder(src) if src.is_dir() else pairs_from_table(src, image_col, caption_col)
-    skipped: Counter = Counter()
-    writer = ShardWriter(out, max_count=shard_size)
-    todo = []
-    for row, (img, cap) in enumerate(pairs):
-        if img is None or img == "":
-            skipped["missing_image"] += 1
-        elif cap is None or not cap.strip():
-            skipped["missing_caption"] += 1
-        else:
-            # whitespace runs become one space in each caption; several captions stay one per line
-            todo.append((row, img, "\n".join(" ".join(line.split()) for line in cap.splitlines() if line.strip())))
+    def merge(chunk, results):
+        results = iter(results)
+        for r in chunk:
+            yield r, ({"skip": r.problem} if r.problem else next(results))
+
+    if workers <= 0:
+        for chunk in chunks():
+            yield from merge(chunk, [work((r.image, r.captions)) for r in chunk if not r.problem])
+        return
     with Pool(workers) as pool:
-        results = pool.imap(_encode, [(img, max_side, quality) for _, img, _ in todo], chunksize=16)
-        for n, ((row, _, caption), (path, data, size)) in enumerate(zip(todo, tqdm(results, total=len(todo),
-                                                                                      desc="shards"))):
-            if data is None:
-                skipped["missing_image"] += 1
-                continue
-            if not data:
-                skipped["unreadable_image"] += 1
-                continue
-            meta = {"source": path, "row": row, "original_size": list(size)}
-            writer.write({"__key__": f"{n:09d}", "jpg": data, "txt": caption, "json": json.dumps(meta)})
-    options = dict(max_side=max_side, quality=quality, shard_size=shard_size)
-    return writer.close(source=str(src), options=options, skipped=dict(skipped))
+        pending: deque = deque()
+        for chunk in chunks():
+            tasks = [(r.image, r.captions) for r in chunk if not r.problem]
+            pending.append((chunk, pool.map_async(work, tasks, chunksize=8)))
+            if len(pending) > 2:
+                yield from merge(pending[0][0], pending.popleft()[1].get())
+        while pending:
+            yield from merge(pending[0][0], pending.popleft()[1].get())
+
+
+def _resume(out: Path, signature: dict) -> list[Span]:
+    """The finished spans of an earlier run of the same build (empty for a new one)."""
+    build = out / BUILD
+    saved = build / "signature.json"
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        if old != signature:
+            changed = sorted(k for k in signature if old.get(k) != signature[k])
+            raise UserError(f"{out} holds a build with other inputs or options (differs in {', '.join(changed)}); "
+                            f"give another --out, or delete {out} to start over")
+    elif out.is_dir() and (any(out.glob("*.tar")) or (out / MANIFEST).is_file()):
+        raise UserError(f"{out} already holds shards not made by this build; give a new or empty --out")
+    build.mkdir(parents=True, exist_ok=True)
+    write_json(saved, signature)
+    for tmp in out.glob("*.tmp"):  # a shard being written when the run was killed
+        tmp.unlink()
+    spans = []
+    for n in range(len(list(build.glob("[0-9]*.json")))):
+        path = build / f"{n:06d}.json"
+        if not path.is_file():
+            break
+        span = Span.load(path)
+        if span.name and (not (out / span.name).is_file() or (out / span.name).stat().st_size != span.bytes):
+            break  # the shard was removed or changed since: redo from here
+        spans.append(span)
+    for stale in build.glob("[0-9]*.json"):
+        if int(stale.stem) >= len(spans):
+            stale.unlink()
+    return spans
+
+
+def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto",
+                 source_options: SourceOptions | None = None, options: ProcessOptions | None = None,
+                 shard_size: int = 1000, workers: int = 2, progress: bool = True) -> dict:
+    """Build (or finish building) shards of ``input_path`` in ``out``; returns the manifest."""
+    options, source_options = options or ProcessOptions(), source_options or SourceOptions()
+    if shard_size < 1:
+        raise UserError(f"shard_size must be ≥ 1, got {shard_size}")
+    source = open_source(input_path, format, source_options)
+    out = Path(out)
+    signature = {"input": str(Path(input_path).resolve()), "format": source.format, "records": source.total,
+                 "source_options": asdict(source_options), "options": options.as_dict(), "shard_size": shard_size}
+    spans = _resume(out, signature)
+    if (out / MANIFEST).is_file():  # written last: this build is complete
+        return json.loads((out / MANIFEST).read_text())
+    start = spans[-1].next_record if spans else 0
+    seen = {h for s in spans for h in s.hashes}
+    written = sum(s.count for s in spans)
+    span, samples, index = Span(), [], start
+
+    def finish_span() -> None:
+        nonlocal span, samples
+        if samples:
+            span.name = f"{len([s for s in spans if s.name]):06d}.tar"
+            span.count = write_shard(out / span.name, samples)
+            span.bytes = (out / span.name).stat().st_size
+        span.next_record = index
+        write_json(out / BUILD / f"{len(spans):06d}.json", span.to_json())
+        spans.append(span)
+        span, samples = Span(), []
+
+    bar = tqdm(total=source.total, initial=start, desc="shards", unit="img", disable=not progress)
+    for record, outcome in _ordered_outcomes(source.records(start), options, workers):
+        index += 1
+        bar.update()
+        if "skip" in outcome:
+            span.skip(outcome["skip"], record.source)
+            continue
+        if options.dedup and outcome["hash"] in seen:
+            span.skip("duplicate", record.source)
+            continue
+        seen.add(outcome["hash"])
+        span.hashes.append(outcome["hash"])
+        w, h = outcome["size"]
+        span.short_side[min(w, h)] += 1
+        span.aspect[round(max(w, h) / min(w, h), 1)] += 1
+        span.caption_words.update(len(c.split()) for c in outcome["captions"])
+        span.captions += len(outcome["captions"])
+        meta = {"id": record.id, "source": record.source, "original_size": [w, h], "sha": outcome["hash"]}
+        samples.append({"__key__": f"{written:09d}", "jpg": outcome["jpg"], "txt": "\n".join(outcome["captions"]),
+                        "json": json.dumps(meta, ensure_ascii=False)})
+        written += 1
+        if len(samples) == shard_size:
+            finish_span()
+    bar.close()
+    if samples or span.skipped or not spans:
+        finish_span()
+    return _finish(out, spans, signature, source.total if source.total is not None else index)
+
+
+def _finish(out: Path, spans: list[Span], signature: dict, records: int) -> dict:
+    skipped = sum((s.skipped for s in spans), Counter())
+    examples: dict = {}
+    for s in spans:
+        for reason, sources in s.examples.items():
+            examples.setdefault(reason, [])
+            examples[reason].extend(sources[:MAX_EXAMPLES - len(examples[reason])])
+    shards = [{"name": s.name, "count": s.count} for s in spans if s.name]
+    manifest = {"shards": shards, "total": sum(s["count"] for s in shards),
+                "captions": sum(s.captions for s in spans), "records": records,
+                "skipped": dict(sorted(skipped.items())), "bytes": sum(s.bytes for s in spans),
+                "source": {k: signature[k] for k in ("input", "format", "source_options")},
+                "options": {**signature["options"], "shard_size": signature["shard_size"]}}
+    stats = {k: sum((getattr(s, k) for s in spans), Counter()) for k in ("short_side", "aspect", "caption_words")}
+    write_report(out, manifest, stats, examples)
+    write_json(out / MANIFEST, manifest)
+    return manifest

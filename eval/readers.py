@@ -8,27 +8,18 @@ directories and ImageFolder trees with optional classnames/templates files.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
 from webdataset.tariterators import tarfile_samples
 
+from mmcontrast.data.annotations import coco_entries, karpathy_entries, read_json
 from mmcontrast.errors import UserError
 from mmcontrast.templates import OPENAI_IMAGENET, read_lines
 
 from .sets import IMAGE_EXTS, ClassificationSet, FileImages, RetrievalSet, WdsImages
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"annotation file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def _find_image(root: Path, candidates: list[str]) -> Path:
@@ -58,39 +49,19 @@ def _resolve_all(root: Path, candidate_lists: list[list[str]]) -> list[Path]:
 
 def read_karpathy(path: str | Path, root: str | Path, split: str = "test", name: str | None = None) -> RetrievalSet:
     """Karpathy split JSON: images of ``split`` with all their sentences; COCO's ``filepath`` honoured."""
-    data = _read_json(Path(path))
-    if "images" not in data:
-        raise UserError(f"{path} is not a Karpathy split file (no 'images' list)")
-    images = [im for im in data["images"] if im.get("split") == split]
-    if not images:
-        splits = sorted({im.get("split") for im in data["images"]})
-        raise UserError(f"{path} has no images in split {split!r} (splits: {splits})")
-    root = Path(root)
-    candidates = []
-    for im in images:
-        rel = f"{im['filepath']}/{im['filename']}" if im.get("filepath") else im["filename"]
-        candidates.append([rel, im["filename"], f"flickr30k-images/{im['filename']}", f"Images/{im['filename']}"])
-    paths = _resolve_all(root, candidates)
-    captions = [[s["raw"].strip() for s in im["sentences"]] for im in images]
-    ids = [str(im.get("cocoid", im.get("imgid", im["filename"]))) for im in images]
-    return RetrievalSet(name or data.get("dataset", Path(path).stem), str(path), FileImages(paths), captions, ids)
+    data = read_json(path)
+    entries = karpathy_entries(data, path, {split})
+    paths = _resolve_all(Path(root), [e["candidates"] for e in entries])
+    return RetrievalSet(name or data.get("dataset", Path(path).stem), str(path), FileImages(paths),
+                        [e["captions"] for e in entries], [e["id"] for e in entries])
 
 
 def read_coco_captions(path: str | Path, root: str | Path, name: str = "mscoco_captions") -> RetrievalSet:
     """COCO captions JSON (``images`` with ``id``/``file_name``, ``annotations`` with ``image_id``/``caption``)."""
-    data = _read_json(Path(path))
-    if "images" not in data or "annotations" not in data:
-        raise UserError(f"{path} is not a COCO captions file (needs 'images' and 'annotations')")
-    by_image: OrderedDict[int, list[str]] = OrderedDict((im["id"], []) for im in data["images"])
-    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
-        if ann["image_id"] not in by_image:
-            raise UserError(f"{path}: annotation {ann['id']} refers to unknown image {ann['image_id']}")
-        by_image[ann["image_id"]].append(ann["caption"].strip())
-    files = {im["id"]: im["file_name"] for im in data["images"]}
-    split_dir = next((d for d in ("val2014", "train2014", "val2017", "test2014") if d in Path(path).name), "val2014")
-    candidates = [[files[i], f"{split_dir}/{files[i]}", f"val2014/{files[i]}", f"val2017/{files[i]}"] for i in by_image]
-    paths = _resolve_all(Path(root), candidates)
-    return RetrievalSet(name, str(path), FileImages(paths), list(by_image.values()), [str(i) for i in by_image])
+    entries = coco_entries(read_json(path), path)
+    paths = _resolve_all(Path(root), [e["candidates"] for e in entries])
+    return RetrievalSet(name, str(path), FileImages(paths), [e["captions"] for e in entries],
+                        [e["id"] for e in entries])
 
 
 def read_flickr_txt(path: str | Path, root: str | Path, name: str = "flickr30k") -> RetrievalSet:
@@ -113,7 +84,7 @@ def read_flickr_txt(path: str | Path, root: str | Path, name: str = "flickr30k")
 
 def read_blip(path: str | Path, root: str | Path, name: str | None = None) -> RetrievalSet:
     """BLIP/ALBEF list JSON: ``[{"image": "val2014/x.jpg", "caption": [...] | "..."}, ...]``."""
-    data = _read_json(Path(path))
+    data = read_json(Path(path))
     if not isinstance(data, list) or not all(isinstance(d, dict) and "image" in d and "caption" in d for d in data):
         raise UserError(f"{path} is not a BLIP/ALBEF list (items need 'image' and 'caption')")
     captions = [[c.strip() for c in (d["caption"] if isinstance(d["caption"], list) else [d["caption"]])]
@@ -174,7 +145,7 @@ def read_templates(path: str | Path) -> list[str] | dict[str, list[str]]:
     """One ``{c}`` template per line, or a CuPL-style JSON ``{classname: [prompts]}``."""
     path = Path(path)
     if path.suffix == ".json":
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: CuPL prompts must be a JSON object classname → list of prompts")
         return data
