@@ -19,8 +19,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from mmcontrast.data.loader import IMAGE_EXTS
-from mmcontrast.data.tar import shard_samples
+from mmcontrast.data.tar import IMAGE_EXTS, shard_samples
 from mmcontrast.errors import UserError
 
 from .writer import MANIFEST

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep.check import check_dir
 from data_prep.process import ProcessOptions, clean_caption, process_image
 from data_prep.shards import build_shards
 from data_prep.sources import SourceOptions
@@ -86,6 +87,7 @@ def test_each_bad_pair_is_skipped_and_counted_by_reason(tmp_path, photos):
     assert "`pairs.csv:4`" in report  # the corrupt image is named
     assert Image.open(tmp_path / "out" / "report.png").size[0] > 800
     assert m["options"]["min_size"] == 32 and m["options"]["shard_size"] == 2 and m["source"]["format"] == "table"
+    assert check_dir(tmp_path / "out", workers=1)["ok"]  # what data_prep check reads is whole
 
 
 def test_caption_length_filter_keeps_the_captions_that_pass(tmp_path, photos):

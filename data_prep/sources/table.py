@@ -52,9 +52,8 @@ class TableSource:
         if self.suffix == ".parquet":
             import pyarrow.parquet as pq
             return pq.ParquetFile(self.path).schema_arrow.names
-        if self.suffix in (".jsonl", ".ndjson"):
-            first = next(self._json_rows(), {})
-            return list(first)
+        if self.suffix in (".jsonl", ".ndjson"):  # rows may leave out empty fields: the first thousand tell
+            return list(dict.fromkeys(k for row in islice(self._json_rows(), 1000) for k in row))
         with self.path.open(newline="", encoding="utf-8") as f:
             return next(csv.reader(f, delimiter=self._delimiter()), [])
 

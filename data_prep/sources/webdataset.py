@@ -10,8 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from mmcontrast.data.loader import IMAGE_EXTS
-from mmcontrast.data.tar import shard_samples
+from mmcontrast.data.tar import IMAGE_EXTS, shard_samples
 from mmcontrast.data.urls import MANIFEST, expand_urls, read_manifest
 from mmcontrast.errors import UserError
 

@@ -32,10 +32,9 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .tar import shard_samples
+from .tar import IMAGE_EXTS, shard_samples
 from .urls import count_samples, expand_sources
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt",)
 # Why data was skipped: per sample, and per shard (a broken shard counts once per pass, however it fails)
 SAMPLE_FAULTS = ("corrupt_image", "missing_caption", "missing_image", "bad_tar_entry")

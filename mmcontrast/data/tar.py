@@ -3,7 +3,7 @@
 Python's ``tarfile`` builds a full ``TarInfo`` per member, a third of the loader's time for small images;
 this reads the 512-byte ustar headers directly (GNU long names and pax paths included) and groups files
 as webdataset does: ``dir/key.ext1.ext2`` → sample ``key``, field ``ext1.ext2`` (lower-cased).
-URLs are opened with webdataset's ``gopen`` (local files, ``pipe:`` commands, ``http(s)://``).
+Local files are opened directly; other URLs with webdataset's ``gopen`` (``pipe:`` commands, ``http(s)://``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import re
 import tarfile
 from typing import BinaryIO, Callable, Iterator
 
-from webdataset.gopen import gopen
-
 BLOCK = 512
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # the fields a sample's image may be in, in order of preference
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
 
@@ -75,7 +74,11 @@ def shard_samples(url: str, on_duplicate: Callable[[str], None]) -> Iterator[dic
 
     A file name repeated within one sample is passed to ``on_duplicate`` and dropped.
     """
-    stream = gopen(url, "rb")
+    if "://" in url or url.startswith("pipe:"):
+        from webdataset.gopen import gopen  # imports torch: not needed for local shards (data_prep's tools)
+        stream = gopen(url, "rb")
+    else:
+        stream = open(url.removeprefix("file:"), "rb")
     sample: dict | None = None
     try:
         for name, data in tar_members(stream):
