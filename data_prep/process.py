@@ -106,7 +106,10 @@ def process_image(source: str | bytes, options: ProcessOptions) -> dict:
             tw, th = target_size((w, h), options)
             # decode JPEG at a reduced DCT scale while that keeps ≥ 2× the target (PIL's thumbnail rule)
             im.draft("RGB", (2 * th, 2 * tw) if turned else (2 * tw, 2 * th))
-            im = im.convert("RGB")
+            if im.mode == "RGB":
+                im.load()  # convert() to the same mode would copy every pixel
+            else:
+                im = im.convert("RGB")
             if orientation in _TRANSPOSE:  # the same table as PIL.ImageOps.exif_transpose
                 im = im.transpose(_TRANSPOSE[orientation])
             if im.size != (tw, th):

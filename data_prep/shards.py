@@ -189,7 +189,7 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
         span.aspect[round(max(w, h) / min(w, h), 1)] += 1
         span.caption_words.update(len(c.split()) for c in outcome["captions"])
         span.captions += len(outcome["captions"])
-        meta = {"id": record.id, "source": record.source, "original_size": [w, h], "sha": outcome["hash"]}
+        meta = {"id": record.id, "source": record.source, "original_size": [w, h], "blake2b": outcome["hash"]}
         samples.append({"__key__": f"{written:09d}", "jpg": outcome["jpg"], "txt": "\n".join(outcome["captions"]),
                         "json": json.dumps(meta, ensure_ascii=False)})
         written += 1
