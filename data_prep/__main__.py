@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                                                 min_caption_words=args.min_caption_words,
                                                 max_caption_words=args.max_caption_words, dedup=not args.no_dedup))
         skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items()) or "nothing"
-        print(f"{m['total']} samples in {len(m['shards'])} shards in {args.out} (skipped: {skipped}); "
-              f"see {args.out}/report.md")
+        shards = f"{len(m['shards'])} shard{'s' * (len(m['shards']) != 1)}"
+        print(f"{m['total']} samples in {shards} in {args.out} (skipped: {skipped}); see {args.out}/report.md")
 
 
 if __name__ == "__main__":

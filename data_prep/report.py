@@ -59,8 +59,9 @@ def _plot(path: Path, stats: dict[str, Counter]) -> None:
 def write_report(out: Path, manifest: dict, stats: dict[str, Counter], examples: dict[str, list[str]]) -> None:
     records, kept = manifest["records"], manifest["total"]
     src, opts = manifest["source"], manifest["options"]
+    shards = f"{len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)}"
     lines = [f"# Shards of `{src['input']}`", "",
-             f"{kept:,} samples with {manifest['captions']:,} captions in {len(manifest['shards'])} shards "
+             f"{kept:,} samples with {manifest['captions']:,} captions in {shards} "
              f"({manifest['bytes'] / 2**20:,.1f} MiB), from {records:,} input records ({src['format']}); "
              f"{records - kept:,} skipped.", "",
              "| skipped because | samples | examples |", "|---|---:|---|"]

@@ -118,9 +118,16 @@ def _resume(out: Path, signature: dict) -> list[Span]:
     if saved.is_file():
         old = json.loads(saved.read_text())
         if old != signature:
-            changed = sorted(k for k in signature if old.get(k) != signature[k])
-            raise UserError(f"{out} holds a build with other inputs or options (differs in {', '.join(changed)}); "
-                            f"give another --out, or delete {out} to start over")
+            changed = []
+            for k, new in signature.items():
+                before = old.get(k)
+                if isinstance(new, dict) and isinstance(before, dict):
+                    changed += [f"{sub}: {before.get(sub)!r} then, {v!r} now" for sub, v in new.items()
+                                if before.get(sub) != v]
+                elif before != new:
+                    changed.append(f"{k}: {before!r} then, {new!r} now")
+            raise UserError(f"{out} holds a build with other inputs or options ({'; '.join(changed)}); give another "
+                            f"--out, or delete {out} to start over")
     elif out.is_dir() and (any(out.glob("*.tar")) or (out / MANIFEST).is_file()):
         raise UserError(f"{out} already holds shards not made by this build; give a new or empty --out")
     build.mkdir(parents=True, exist_ok=True)

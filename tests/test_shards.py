@@ -295,5 +295,5 @@ def test_a_killed_build_resumes_to_byte_identical_output(tmp_path):
     assert [s["count"] for s in manifest["shards"]] == [8] * 29 + [7]
     # a finished build run again is a no-op; other options are refused rather than mixed in
     assert build_shards(folder, tmp_path / "whole", options=options, shard_size=8) == manifest
-    with pytest.raises(UserError, match="differs in options"):
+    with pytest.raises(UserError, match="size: 64 then, 96 now"):
         build_shards(folder, tmp_path / "whole", options=ProcessOptions(size=96), shard_size=8)
