@@ -36,11 +36,10 @@ class HFSource:
         self.path, self.options, self.total = path, options, len(ds)
 
     def records(self, start: int = 0) -> Iterator[Record]:
-        o = self.options
-        n = start
+        o, base, n = self.options, self.path.resolve(), start
         for batch in self.ds.select(range(start, self.total)).iter(batch_size=256):
             for i in range(len(batch[o.image_col])):
-                image = image_value(batch[o.image_col][i], self.path)
+                image = image_value(batch[o.image_col][i], base)
                 captions = [c for col in o.caption_cols for c in captions_of(batch[col][i])]
                 rid = str(batch[o.id_col][i]) if o.id_col else str(n)
                 yield Record(rid, image, captions, f"{self.path.name}[{n}]",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -29,8 +30,7 @@ def image_value(value, base: Path) -> str | bytes | None:
         return bytes(value)
     if value is None or str(value).strip() == "":
         return None
-    path = Path(str(value))
-    return str(path if path.is_absolute() else (base / path).resolve())
+    return os.path.normpath(os.path.join(base, str(value)))  # an absolute value stays; no syscalls per row
 
 
 class TableSource:
@@ -96,7 +96,7 @@ class TableSource:
             yield from islice(csv.DictReader(f, delimiter=self._delimiter()), start, None)
 
     def records(self, start: int = 0) -> Iterator[Record]:
-        o, base = self.options, self.path.parent
+        o, base = self.options, self.path.parent.resolve()
         for n, row in enumerate(self._rows(start), start):
             image = image_value(row.get(o.image_col), base)
             captions = [c for col in o.caption_cols for c in captions_of(row.get(col))]
