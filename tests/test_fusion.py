@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from eval.rerank import rerank_metrics
 from eval.retrieval import run_retrieval
 from mmcontrast.errors import UserError
 from mmcontrast.fusion import FUSION, IMAGE, TEXT, partition_mask
-from mmcontrast.objectives import ClipLoss, WithFusion, sample_hard_negatives
+from mmcontrast.objectives import ClipLoss, MomentumDistillation, WithFusion, sample_hard_negatives
 from mmcontrast.objectives.fusion import draw_without_replacement, local_positives
 from training.config import load_config
 from training.train import build, train
@@ -212,6 +213,39 @@ def test_itm_rerank_and_zorro_terms_train_every_fusion_parameter(model, inputs):
     model.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="learn nothing"):
         WithFusion(ClipLoss(), itm_weight=0.0, zorro_weight=0.0)
+
+
+def test_a_momentum_objective_under_fusion_is_the_same_objective(model, inputs):
+    """WithFusion passes attach / after_step through: ALBEF's momentum ITC with fusion terms on top gives the
+    momentum loss of the objective alone, and the teacher and queues move the same way."""
+    image, text, _ = inputs
+    alone, inner = MomentumDistillation(queue_size=8), MomentumDistillation(queue_size=8)
+    objective = WithFusion(inner, itm_weight=1.0, rerank_weight=0.5, rerank_negatives=1)
+    alone.attach(model)
+    objective.attach(model)
+    batch = {"image": image, "text": text}
+    saved = copy.deepcopy(model.state_dict())
+    model.train()
+    try:
+        out = model(image, text)
+        reference = alone(**{k: v for k, v in out.items() if k != "fusion"}, batch=batch)
+        losses = objective(**out, batch=batch)
+        losses["loss"].backward()
+    finally:
+        model.eval()
+    torch.testing.assert_close(losses["loss_pure"], reference["loss"].detach())
+    assert {"alpha", "momentum", "loss_itm", "loss_rerank"} <= set(losses)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * p.grad)  # a step, so that the teachers move
+    for o in (alone, objective):
+        o.after_step(model)
+    assert int(inner.filled) == 4 and torch.equal(inner.image_queue, alone.image_queue)
+    for a, b in zip(alone.teacher.parameters(), inner.teacher.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(inner.teacher.parameters(), model.parameters()))
+    model.load_state_dict(saved)  # the module's model, as the other tests expect it
+    model.zero_grad(set_to_none=True)
 
 
 def test_model_dir_keeps_the_blocks_and_open_clip_loads_the_towers(model, inputs, tmp_path):
