@@ -48,6 +48,7 @@ class FusionConfig:
     num_fusion_tokens: int = 8    # n_f learned fusion tokens
     mlp_ratio: float = 4.0
     pure_from: str = "streams"    # streams | towers: where encode_image / encode_text take the pure embeddings
+    text_queries: bool = False    # also a fusion token per text token (ALBEF's words querying the image)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "FusionConfig":
@@ -65,6 +66,8 @@ class FusionConfig:
             raise ValueError("fusion.num_fusion_tokens must be at least 2 (half start from each modality's summary)")
         if out.width % out.heads:
             raise ValueError(f"fusion.width ({out.width}) must be divisible by fusion.heads ({out.heads})")
+        if not isinstance(out.text_queries, bool):
+            raise ValueError(f"fusion.text_queries must be true or false, got {out.text_queries!r}")
         if out.pure_from not in PURE_FROM:
             raise ValueError(f"fusion.pure_from must be one of {PURE_FROM}, got {out.pure_from!r}")
         return out
@@ -115,6 +118,8 @@ class PartitionedFusion(torch.nn.Module):
         # already close — so the fusion tokens can compare them from the first step.
         self.summary_in = torch.nn.Linear(embed_dim, w)
         self.fusion_tokens = torch.nn.Parameter(torch.randn(cfg.num_fusion_tokens, w) * w ** -0.5)
+        if cfg.text_queries:  # marks the fusion copies of the text tokens apart from the text stream's own
+            self.query_type = torch.nn.Parameter(torch.randn(w) * w ** -0.5)
         self.blocks = Transformer(w, cfg.depth, cfg.heads, cfg.mlp_ratio, batch_first=True)
         if cfg.pure_from == "streams":
             self.image_ln, self.text_ln = LayerNorm(w), LayerNorm(w)
@@ -159,11 +164,11 @@ class PartitionedFusion(torch.nn.Module):
 
         Returns both streams (states at every block input) and the fusion tokens' output [B, n_f, W].
         """
-        b, n_i, n_t = image.shape[0], image.shape[1], text.shape[1]
-        fusion = self.fusion_input(image[:, 0], text[:, 0])
+        n_i, n_t = image.shape[1], text.shape[1]
+        fusion, fusion_valid = self.fusion_input(image[:, 0], text, text_valid)
         n_f = fusion.shape[1]
         types = torch.tensor([IMAGE] * n_i + [TEXT] * n_t + [FUSION] * n_f, device=image.device)
-        valid = torch.cat([image_valid, text_valid, torch.ones(b, n_f, dtype=torch.bool, device=image.device)], 1)
+        valid = torch.cat([image_valid, text_valid, fusion_valid], 1)
         mask = additive_mask(partition_mask(types, valid), self.cfg.heads)
         x = torch.cat([image, text, fusion], dim=1)
         image_layers, text_layers = [image], [text]
@@ -173,17 +178,28 @@ class PartitionedFusion(torch.nn.Module):
             text_layers.append(x[:, n_i:n_i + n_t])
         return Streams(image_layers, image_valid), Streams(text_layers, text_valid), x[:, n_i + n_t:]
 
-    def fusion_input(self, image_summary: torch.Tensor, text_summary: torch.Tensor) -> torch.Tensor:
-        """The fusion tokens entering the first block [B, n_f, W]: the learned tokens, the first half
-        offset by the image summary, the second by the text summary.
+    def fusion_input(self, image_summary: torch.Tensor, text: torch.Tensor,
+                     text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion tokens entering the first block and which are real: ([B, n_f (+ N_t), W], [B, ...]).
 
-        With learned tokens alone the first block's fusion queries would not depend on the pair, and the
-        blocks learn to match images and texts slowly (on the demo the ITM loss stayed at its prior for
-        280 steps); starting from the two summaries, the first attention already compares them.
+        The learned tokens, the first half offset by the image summary, the second by the text summary
+        (``text`` [B, 1 + N_t, W] is the text stream's input, its summary first). With learned tokens alone
+        the first block's fusion queries would not depend on the pair, and the blocks learn to match images
+        and texts slowly (on the demo the ITM loss stayed at its prior for 280 steps); starting from the
+        two summaries, the first attention already compares them.
+
+        With ``text_queries`` a copy of every text token follows (plus a learned type vector): as in ALBEF's
+        cross-attention, each word queries the image patches from the first block, and the learned tokens
+        read the words' findings in the next. Padding copies are not keys; only the learned tokens are pooled.
         """
         f = self.fusion_tokens.to(image_summary.dtype).expand(image_summary.shape[0], -1, -1)
         half = f.shape[1] // 2
-        return torch.cat([f[:, :half] + image_summary[:, None], f[:, half:] + text_summary[:, None]], dim=1)
+        f = torch.cat([f[:, :half] + image_summary[:, None], f[:, half:] + text[:, :1]], dim=1)
+        valid = torch.ones(f.shape[:2], dtype=torch.bool, device=f.device)
+        if self.cfg.text_queries:
+            f = torch.cat([f, text[:, 1:] + self.query_type.to(text.dtype)], dim=1)
+            valid = torch.cat([valid, text_valid[:, 1:]], dim=1)
+        return f, valid
 
     def fuse(self, image: Streams, text: Streams, image_index: torch.Tensor | None = None,
              text_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,11 +212,11 @@ class PartitionedFusion(torch.nn.Module):
         """
         if image_index is None:
             image_index = text_index = torch.arange(image.valid.shape[0], device=image.valid.device)
-        f = self.fusion_input(image.layers[0][image_index, 0], text.layers[0][text_index, 0])
+        f, f_valid = self.fusion_input(image.layers[0][image_index, 0], text.layers[0][text_index],
+                                       text.valid[text_index])
         p, n_f, w = f.shape
         heads = self.cfg.heads
-        ones = torch.ones(p, n_f, dtype=torch.bool, device=f.device)
-        allow = torch.cat([image.valid[image_index], text.valid[text_index], ones], dim=1)
+        allow = torch.cat([image.valid[image_index], text.valid[text_index], f_valid], dim=1)
         mask = torch.zeros(allow.shape, dtype=f.dtype, device=f.device).masked_fill_(~allow, float("-inf"))
         mask = mask[:, None, None, :]  # [P, 1, 1, L]: the same keys for every head and fusion query
         for depth, block in enumerate(self.blocks.resblocks):
@@ -220,8 +236,8 @@ class PartitionedFusion(torch.nn.Module):
         return f
 
     def fusion_embedding(self, fused: torch.Tensor) -> torch.Tensor:
-        """The joint image–text representation [P, W]: the fusion tokens' mean, normalised."""
-        return self.fusion_ln(fused.mean(dim=1))
+        """The joint image–text representation [P, W]: the learned fusion tokens' mean, normalised."""
+        return self.fusion_ln(fused[:, :self.cfg.num_fusion_tokens].mean(dim=1))
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """[P, 2] (no match, match) logits of the image–text matching head."""

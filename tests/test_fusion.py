@@ -29,10 +29,11 @@ SMALL = dict(embed_dim=32, vision={"layers": 1, "width": 32, "head_width": 16, "
              text={"layers": 1, "width": 32, "heads": 2, "context_length": 16})
 
 
-def small_fusion_model(pure_from: str = "streams", seed: int = 0) -> torch.nn.Module:
+def small_fusion_model(pure_from: str = "streams", seed: int = 0, text_queries: bool = False) -> torch.nn.Module:
     """A one-layer-tower model with two fusion blocks; the zero-initialised pure-stream projections are
     made random so that the streams' outputs really reach the pure embeddings."""
-    model = mc.create_model("tiny", seed=seed, fusion={**FUSION_CFG, "pure_from": pure_from}, **SMALL).eval()
+    fusion = {**FUSION_CFG, "pure_from": pure_from, "text_queries": text_queries}
+    model = mc.create_model("tiny", seed=seed, fusion=fusion, **SMALL).eval()
     if pure_from == "streams":
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(seed + 1)
@@ -154,8 +155,10 @@ def test_unimodal_encoders_equal_the_joint_run(pure_from, inputs):
         assert (alone_image - tower).abs().max() > 1e-3
 
 
-def test_fusing_any_pair_from_the_streams_equals_the_joint_run_on_that_pair(model, inputs):
+@pytest.mark.parametrize("text_queries", [False, True])
+def test_fusing_any_pair_from_the_streams_equals_the_joint_run_on_that_pair(text_queries, inputs):
     image, text, _ = inputs
+    model = small_fusion_model(text_queries=text_queries)
     pairs_image, pairs_text = torch.tensor([0, 1, 2, 3, 0, 2]), torch.tensor([1, 0, 3, 2, 0, 2])
     with torch.no_grad():
         out = model(image, text)
@@ -330,6 +333,8 @@ def test_bad_fusion_settings_are_clear_errors(small_demo):
         mc.create_model("tiny", fusion={"width": 30, "heads": 4})
     with pytest.raises(ValueError, match="pure_from"):
         mc.create_model("tiny", fusion={"pure_from": "both"})
+    with pytest.raises(ValueError, match="text_queries must be true or false"):
+        mc.create_model("tiny", fusion={"text_queries": "yes"})
     with pytest.raises(ValueError, match="open_clip's own text tower"):
         mc.create_model("tiny-lit-minilm", fusion={}, pretrained_towers=False)
 
