@@ -161,8 +161,11 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
     signature = {"input": str(Path(input_path).resolve()), "format": source.format, "records": source.total,
                  "source_options": asdict(source_options), "options": options.as_dict(), "shard_size": shard_size}
     spans = _resume(out, signature)
-    if (out / MANIFEST).is_file():  # written last: this build is complete
-        return json.loads((out / MANIFEST).read_text())
+    if (out / MANIFEST).is_file():  # written last: the build was complete...
+        manifest = json.loads((out / MANIFEST).read_text())
+        if spans and spans[-1].next_record == manifest["records"]:
+            return manifest
+        (out / MANIFEST).unlink()  # ...but a shard was removed or changed since: rebuild from there
     start = spans[-1].next_record if spans else 0
     seen = {h for s in spans for h in s.hashes}
     written = sum(s.count for s in spans)

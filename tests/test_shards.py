@@ -295,5 +295,12 @@ def test_a_killed_build_resumes_to_byte_identical_output(tmp_path):
     assert [s["count"] for s in manifest["shards"]] == [8] * 29 + [7]
     # a finished build run again is a no-op; other options are refused rather than mixed in
     assert build_shards(folder, tmp_path / "whole", options=options, shard_size=8) == manifest
+    # a shard deleted (or damaged) after the build is written again, identical, by the same command
+    (tmp_path / "whole" / "000012.tar").unlink()
+    with (tmp_path / "whole" / "000020.tar").open("r+b") as f:
+        f.truncate(1000)
+    assert build_shards(folder, tmp_path / "whole", options=options, shard_size=8, progress=False) == manifest
+    for rel in whole:
+        assert (tmp_path / "whole" / rel).read_bytes() == (tmp_path / "killed" / rel).read_bytes(), rel
     with pytest.raises(UserError, match="size: 64 then, 96 now"):
         build_shards(folder, tmp_path / "whole", options=ProcessOptions(size=96), shard_size=8)
