@@ -8,6 +8,7 @@ from pathlib import Path
 
 REASONS = {
     "missing_image": "the image file or field is missing",
+    "remote_image": "the image column holds a URL: download the images first (img2dataset), then shard its output",
     "unreadable_image": "the image does not decode (corrupt or not an image)",
     "unreadable_shard": "an input shard breaks midway (samples before the break are kept)",
     "too_small": "shorter side below --min-size",

@@ -162,6 +162,12 @@ def test_tables_csv_tsv_jsonl_parquet_give_the_same_shards(tmp_path, photos):
         assert [s["captions"] for s in samples] == [s["captions"] for s in first], name
     with pytest.raises(UserError, match="no column 'text'"):
         build_shards(tmp_path / "t.csv", tmp_path / "bad", source_options=SourceOptions(caption_cols=["text"]))
+    # as Excel writes CSV: a byte-order mark before the first column name; and a URL instead of a file
+    (tmp_path / "excel.csv").write_text("\ufeffimage,caption\nimg/a.jpg,a photo\nhttps://x.org/b.jpg,a link\n",
+                                        encoding="utf-8")
+    m = build_shards(tmp_path / "excel.csv", tmp_path / "excel", options=SMALL, workers=0, progress=False)
+    assert m["total"] == 1 and m["skipped"] == {"remote_image": 1}
+    assert "img2dataset" in (tmp_path / "excel" / "report.md").read_text()
 
 
 def test_folder_with_txt_and_json_sidecars(tmp_path, photos):

@@ -30,6 +30,8 @@ def image_value(value, base: Path) -> str | bytes | None:
         return bytes(value)
     if value is None or str(value).strip() == "":
         return None
+    if str(value).startswith(("http://", "https://")):
+        return str(value)
     return os.path.normpath(os.path.join(base, str(value)))  # an absolute value stays; no syscalls per row
 
 
@@ -54,7 +56,7 @@ class TableSource:
             return pq.ParquetFile(self.path).schema_arrow.names
         if self.suffix in (".jsonl", ".ndjson"):  # rows may leave out empty fields: the first thousand tell
             return list(dict.fromkeys(k for row in islice(self._json_rows(), 1000) for k in row))
-        with self.path.open(newline="", encoding="utf-8") as f:
+        with self.path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is not part of a name
             return next(csv.reader(f, delimiter=self._delimiter()), [])
 
     def _delimiter(self) -> str:
@@ -67,7 +69,7 @@ class TableSource:
         return sum(1 for _ in self._rows())
 
     def _json_rows(self) -> Iterator[dict]:
-        with self.path.open(encoding="utf-8") as f:
+        with self.path.open(encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -92,7 +94,7 @@ class TableSource:
         if self.suffix in (".jsonl", ".ndjson"):
             yield from islice(self._json_rows(), start, None)
             return
-        with self.path.open(newline="", encoding="utf-8") as f:
+        with self.path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is not part of a name
             yield from islice(csv.DictReader(f, delimiter=self._delimiter()), start, None)
 
     def records(self, start: int = 0) -> Iterator[Record]:
@@ -102,4 +104,7 @@ class TableSource:
             captions = [c for col in o.caption_cols for c in captions_of(row.get(col))]
             rid = str(row[o.id_col]) if o.id_col else str(n)
             source = f"{self.path.name}:{n + 2 if self.suffix in ('.csv', '.tsv', '.tab') else n + 1}"
-            yield Record(rid, image, captions, source, None if image is not None else "missing_image")
+            problem = "missing_image" if image is None else None
+            if isinstance(image, str) and image.startswith(("http://", "https://")):
+                problem = "remote_image"  # image_value keeps URLs as they are
+            yield Record(rid, image, captions, source, problem)
