@@ -158,6 +158,8 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
         raise UserError(f"shard_size must be ≥ 1, got {shard_size}")
     source = open_source(input_path, format, source_options)
     out = Path(out)
+    if Path(input_path).is_dir() and out.resolve() == Path(input_path).resolve():
+        raise UserError(f"--out {out} is the input folder: write the shards elsewhere, not the input folder")
     signature = {"input": str(Path(input_path).resolve()), "format": source.format, "records": source.total,
                  "source_options": asdict(source_options), "options": options.as_dict(), "shard_size": shard_size}
     spans = _resume(out, signature)

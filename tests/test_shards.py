@@ -155,6 +155,19 @@ def test_tables_csv_tsv_jsonl_parquet_give_the_same_shards(tmp_path, photos):
                          workers=1, progress=False)
         assert m["total"] == 4 and not m["skipped"] and m["source"]["format"] == "table"
         results[name] = _samples(tmp_path / name.replace(".", "_"), m)
+    # LAION-style metadata: several Parquet parts in a folder (or a glob of them), read as one table
+    (tmp_path / "parts").mkdir()
+    for k, part in enumerate((rows[:3], rows[3:])):
+        table = {h: [str(tmp_path / r[h]) if h == "image" else r[h] for r in part] for h in header}  # absolute
+        pq.write_table(pa.table(table), tmp_path / "parts" / f"part-{k}.parquet")
+    for name, where in (("parts", tmp_path / "parts"), ("glob", tmp_path / "parts" / "part-*.parquet")):
+        m = build_shards(where, tmp_path / f"{name}_out", source_options=columns, options=SMALL, workers=1,
+                         progress=False)
+        assert m["total"] == 4 and m["source"]["format"] == "table"
+        results[name] = _samples(tmp_path / f"{name}_out", m)
+    from data_prep.sources import open_source
+    resumed = list(open_source(tmp_path / "parts", options=columns).records(start=3))
+    assert [(r.id, r.source) for r in resumed] == [("u3", "part-1.parquet:1")]
     first = results["t.csv"]
     assert first[1]["captions"] == ["photo b", "another view of b"] and first[1]["meta"]["id"] == "u1"
     for name, samples in results.items():
@@ -162,6 +175,8 @@ def test_tables_csv_tsv_jsonl_parquet_give_the_same_shards(tmp_path, photos):
         assert [s["captions"] for s in samples] == [s["captions"] for s in first], name
     with pytest.raises(UserError, match="no column 'text'"):
         build_shards(tmp_path / "t.csv", tmp_path / "bad", source_options=SourceOptions(caption_cols=["text"]))
+    with pytest.raises(UserError, match="not the input folder"):
+        build_shards(tmp_path / "parts", tmp_path / "parts", source_options=columns)
     # as Excel writes CSV: a byte-order mark before the first column name; and a URL instead of a file
     (tmp_path / "excel.csv").write_text("\ufeffimage,caption\nimg/a.jpg,a photo\nhttps://x.org/b.jpg,a link\n",
                                         encoding="utf-8")

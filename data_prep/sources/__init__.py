@@ -41,11 +41,16 @@ def captions_of(value) -> list[str]:
     return str(value).splitlines()
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
 def detect(path: Path) -> str:
     """The input format of ``path``: table, folder, hf, coco, karpathy or webdataset."""
     text = str(path)
     if "{" in text or text.endswith(".tar") or "::" in text:
         return "webdataset"
+    if any(ch in text for ch in "*?["):  # a glob of tables: laion/part-*.parquet
+        return "table"
     if not path.exists():
         raise UserError(f"input not found: {path}")
     if path.is_dir():
@@ -53,6 +58,10 @@ def detect(path: Path) -> str:
             return "hf"
         if any(path.glob("*.tar")):
             return "webdataset"
+        from .table import TABLE_SUFFIXES
+        tables = [p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES]
+        if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            return "table"  # a folder of tables, as LAION's metadata parquet files come
         return "folder"
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".parquet"):

@@ -9,9 +9,7 @@ from typing import Iterator
 
 from mmcontrast.errors import UserError
 
-from . import Record, SourceOptions, captions_of
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from . import IMAGE_SUFFIXES, Record, SourceOptions, captions_of
 
 
 class FolderSource:
