@@ -49,16 +49,22 @@ def process_pair(task: tuple[str | bytes, list[str]], options: ProcessOptions) -
 class Span:
     """What one shard holds and the records read since the previous shard: the resume state's unit."""
     name: str | None = None
-    count: int = 0
     bytes: int = 0
     next_record: int = 0
-    captions: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
     hashes: list = field(default_factory=list)
     short_side: Counter = field(default_factory=Counter)
     aspect: Counter = field(default_factory=Counter)
     caption_words: Counter = field(default_factory=Counter)
+
+    @property
+    def count(self) -> int:  # samples in the shard: one hash each
+        return len(self.hashes)
+
+    @property
+    def captions(self) -> int:
+        return sum(self.caption_words.values())
 
     def skip(self, reason: str, source: str) -> None:
         self.skipped[reason] += 1
@@ -177,7 +183,7 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
         nonlocal span, samples
         if samples:
             span.name = f"{len([s for s in spans if s.name]):06d}.tar"
-            span.count = write_shard(out / span.name, samples)
+            write_shard(out / span.name, samples)
             span.bytes = (out / span.name).stat().st_size
         span.next_record = index
         write_json(out / BUILD / f"{len(spans):06d}.json", span.to_json())
@@ -200,7 +206,6 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
         span.short_side[min(w, h)] += 1
         span.aspect[round(max(w, h) / min(w, h), 1)] += 1
         span.caption_words.update(len(c.split()) for c in outcome["captions"])
-        span.captions += len(outcome["captions"])
         meta = {"id": record.id, "source": record.source, "original_size": [w, h], "blake2b": outcome["hash"]}
         samples.append({"__key__": f"{written:09d}", "jpg": outcome["jpg"], "txt": "\n".join(outcome["captions"]),
                         "json": json.dumps(meta, ensure_ascii=False)})
