@@ -57,6 +57,18 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def shutdown() -> None:
+    """Destroy the default process group, if any: the last call of a program that ran distributed.
+
+    Left to interpreter exit, gloo's threads race the teardown and about one exit in a hundred aborts
+    (SIGABRT, "terminate called without an active exception") after a run that succeeded. Import the
+    model stack (open_clip → timm → torch._dynamo) before the group is created: imported after, it keeps
+    a reference to the group and this call no longer stops its threads.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def average_gradients(params: list[torch.Tensor]) -> None:
     """Mean of each parameter's gradient over ranks, as DDP does for the parameters it wraps."""
     if not is_distributed():

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from safetensors.torch import save_file  # noqa: E402
 
 import mmcontrast as mc  # noqa: E402
+from mmcontrast.distributed import shutdown  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.train import setup, train_step  # noqa: E402
 
@@ -48,6 +49,7 @@ def main(demo: Path, out: Path, *overrides: str) -> None:
         save_file({k: v.contiguous() for k, v in t.unwrapped.state_dict().items()}, str(out / "weights.safetensors"))
         save_file(grads, str(out / "grads.safetensors"))
         (out / "step.json").write_text(json.dumps({"world_size": world, "grad_norm": grad_norm.item()}))
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _gloo_threads() -> list[str]:
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    return [n for n in names if "gloo" in n]
+
+
 def _entry(rank: int, fn, world: int, port: int, out: str, args: tuple) -> None:
+    # open_clip → timm → torch._dynamo imported after the group exists keeps a reference to it, so
+    # destroy_process_group leaves its gloo threads running, and about one exit in a hundred then aborts
+    # (SIGABRT, "terminate called without an active exception"). The programs import it first too.
+    import mmcontrast.model  # noqa: F401
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -26,6 +36,8 @@ def _entry(rank: int, fn, world: int, port: int, out: str, args: tuple) -> None:
         torch.save(fn(rank, world, *args), Path(out) / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
+    left = _gloo_threads()
+    assert not left, f"rank {rank}: the process group outlived destroy_process_group ({left} still running)"
 
 
 def run_workers(fn, world: int, *args) -> list:
