@@ -51,6 +51,7 @@ class Span:
     name: str | None = None
     bytes: int = 0
     next_record: int = 0
+    cursor: list | None = None  # the source's cursor after its last record read (seekable sources only)
     skipped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
     hashes: list = field(default_factory=list)
@@ -174,7 +175,7 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
         if spans and spans[-1].next_record == manifest["records"]:
             return manifest
         (out / MANIFEST).unlink()  # ...but a shard was removed or changed since: rebuild from there
-    start = spans[-1].next_record if spans else 0
+    start, cursor = (spans[-1].next_record, spans[-1].cursor) if spans else (0, None)
     seen = {h for s in spans for h in s.hashes}
     written = sum(s.count for s in spans)
     span, samples, index = Span(), [], start
@@ -185,14 +186,15 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
             span.name = f"{len([s for s in spans if s.name]):06d}.tar"
             write_shard(out / span.name, samples)
             span.bytes = (out / span.name).stat().st_size
-        span.next_record = index
+        span.next_record, span.cursor = index, cursor
         write_json(out / BUILD / f"{len(spans):06d}.json", span.to_json())
         spans.append(span)
         span, samples = Span(), []
 
     bar = tqdm(total=source.total, initial=start, desc="shards", unit="img", disable=not progress)
-    for record, outcome in _ordered_outcomes(source.records(start), options, workers):
-        index += 1
+    records = source.records(start, cursor) if cursor else source.records(start)
+    for record, outcome in _ordered_outcomes(records, options, workers):
+        index, cursor = index + 1, record.cursor
         bar.update()
         if "skip" in outcome:
             span.skip(outcome["skip"], record.source)

@@ -325,3 +325,27 @@ def test_a_killed_build_resumes_to_byte_identical_output(tmp_path):
         assert (tmp_path / "whole" / rel).read_bytes() == (tmp_path / "killed" / rel).read_bytes(), rel
     with pytest.raises(UserError, match="size: 64 then, 96 now"):
         build_shards(folder, tmp_path / "whole", options=ProcessOptions(size=96), shard_size=8)
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_webdataset_input_starts_in_the_shard_it_stopped_in(tmp_path):
+    build_shards(_corpus(tmp_path, n=60), tmp_path / "input", options=ProcessOptions(size=64), shard_size=10,
+                 workers=0, progress=False)  # 59 samples in 6 input shards
+    whole = build_shards(tmp_path / "input", tmp_path / "whole", options=SMALL, shard_size=8, workers=0,
+                         progress=False)
+    assert whole["total"] == 59 and whole["skipped"] == {}
+    # the same build stopped after its fourth shard: later shards, resume records and manifest never written
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    for late in [*(tmp_path / "cut").glob("00000[4-9].*"), *(tmp_path / "cut" / "_build").glob("00000[4-9].json"),
+                 *(tmp_path / "cut").glob("manifest.json"), *(tmp_path / "cut").glob("report.*")]:
+        late.unlink()
+    cursor = json.loads((tmp_path / "cut" / "_build" / "000003.json").read_text())["cursor"]
+    assert cursor == [3, 2]  # 32 samples read: the input's fourth shard, two samples into it
+    for passed in ("000000.tar", "000001.tar", "000002.tar"):  # read again, these would be unreadable_shard
+        (tmp_path / "input" / passed).write_bytes(b"not a tar")
+    assert build_shards(tmp_path / "input", tmp_path / "cut", options=SMALL, shard_size=8, workers=0,
+                        progress=False) == whole
+    assert _tree(tmp_path / "cut") == _tree(tmp_path / "whole")

@@ -1,7 +1,9 @@
 """Where image–caption pairs come from: each input format is a source of ``Record``s in a fixed order.
 
 A source is deterministic (the same input gives the same records in the same order) and can start at
-any record index, so an interrupted build resumes where it stopped. Problems a source can see itself —
+any record index, so an interrupted build resumes where it stopped: ``records(start)``. A source that can
+seek further sets ``Record.cursor`` and gets the last one read back, ``records(start, cursor)``, to begin
+reading there rather than count its way from the first record. Problems a source can see itself —
 a path that names no file, a broken input shard — come as records with ``problem`` set, so that they are
 counted in order with everything else.
 """
@@ -21,6 +23,7 @@ class Record:
     captions: list[str]           # raw, cleaned later; several captions of one image
     source: str                   # where it came from, for key.json and the report's examples
     problem: str | None = None    # a skip reason the source found itself (missing_image, unreadable_shard, ...)
+    cursor: list | None = None    # where a seekable source stands after this record (JSON), for resuming
 
 
 @dataclass

@@ -34,23 +34,28 @@ class WebdatasetSource:
             if path.is_dir():
                 self.total = read_manifest(path)["total"]
 
-    def _samples(self) -> Iterator[tuple[str, dict | None]]:
-        for url in self.urls:
+    def _samples(self, first: int) -> Iterator[tuple[int, dict]]:
+        for i, url in enumerate(self.urls[first:], first):
             try:
                 for sample in shard_samples(url, on_duplicate=lambda name: None):
-                    yield url, sample
+                    yield i, sample
             except (tarfile.TarError, EOFError, OSError) as e:
-                yield url, {"__key__": "", "__error__": str(e)}
+                yield i, {"__key__": "", "__url__": url, "__error__": str(e)}
 
-    def records(self, start: int = 0) -> Iterator[Record]:
-        n = 0
-        for url, sample in self._samples():
-            n += 1
-            if n <= start:  # resuming: shards are read again, but nothing before the start is decoded
+    def records(self, start: int = 0, cursor: list | None = None) -> Iterator[Record]:
+        """From record ``start``. The cursor of the record before it, ``[shard, samples read in that shard]``,
+        starts the reading in that shard: without it, every shard before is read again (nothing is decoded)."""
+        shard, skip = cursor if cursor else (0, start)
+        within = 0
+        for i, sample in self._samples(shard):
+            within = within + 1 if i == shard else 1
+            shard = i
+            if skip:
+                skip -= 1
                 continue
-            name = Path(url).name
+            name, cursor = Path(sample["__url__"]).name, [i, within]
             if "__error__" in sample:
-                yield Record(name, None, [], f"{name}: {sample['__error__']}", "unreadable_shard")
+                yield Record(name, None, [], f"{name}: {sample['__error__']}", "unreadable_shard", cursor)
                 continue
             key = sample["__key__"]
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
@@ -63,4 +68,4 @@ class WebdatasetSource:
                     meta = {}
                 captions = [c for col in self.options.caption_cols for c in captions_of(meta.get(col))]
             yield Record(key, sample[ext] if ext else None, captions, f"{name}:{key}",
-                         None if ext else "missing_image")
+                         None if ext else "missing_image", cursor)
