@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     import mmcontrast as mc
-    import mmcontrast.model  # noqa: F401  before the process group: see mmcontrast.distributed.shutdown
-    from mmcontrast.distributed import shutdown
+    import mmcontrast.model  # noqa: F401  before the process group (mmcontrast.distributed.shutdown)
 
     from .cache import EmbeddingCache, cache_key, file_identity
     from .datasets import open_dataset
@@ -112,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--rerank-k is for retrieval")
         result = run_zeroshot(model, preprocess, tokenizer, ds, templates=choose_templates(args.templates, ds),
                               cache_key=key, **common)
-    shutdown()  # the last collective is behind us
     if not main_process:
         return
     title = f"{args.task} · {ds.name} · {args.model}"

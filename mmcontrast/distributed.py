@@ -58,7 +58,7 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
-    """Destroy the default process group, if any: the last call of a program that ran distributed.
+    """Destroy the default process group, if any: every program's last step (``errors.run_main``).
 
     Left to interpreter exit, gloo's threads race the teardown and about one exit in a hundred aborts
     (SIGABRT, "terminate called without an active exception") after a run that succeeded. Import the

@@ -16,14 +16,11 @@ def main(argv: list[str] | None = None) -> None:
                              "or a checkpoint path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=5e-4 data.batch_size=64")
     args = parser.parse_args(argv)
-    from mmcontrast.distributed import shutdown
-
     from .config import load_config
     from .train import train
 
     cfg = load_config(args.config, args.overrides)
     train(cfg, args.output, resume=args.resume)
-    shutdown()
 
 
 if __name__ == "__main__":
