@@ -1,16 +1,18 @@
 """Writing webdataset shards and their manifest, deterministically (fixed mtime, sorted order).
 
-A shard is first written as ``NAME.tar.tmp`` and renamed when complete: a killed run never
-leaves a truncated shard behind under a real name.
+A shard is first written as ``NAME.tar.tmp`` and renamed when complete and flushed to disk
+(``mmcontrast.durable``): a killed run or a crashed machine never leaves a truncated shard behind under a
+real name.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
+
+from mmcontrast.durable import replace
 
 MANIFEST = "manifest.json"
 
@@ -31,7 +33,7 @@ def write_shard(path: Path, samples: list[dict]) -> int:
             for ext in sorted(k for k in sample if k != "__key__"):
                 value = sample[ext]
                 _add(tar, f"{key}.{ext}", value.encode("utf-8") if isinstance(value, str) else value)
-    os.replace(tmp, path)
+    replace(tmp, path)
     return len(samples)
 
 
@@ -69,7 +71,7 @@ class ShardWriter:
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    replace(tmp, path)
 
 
 def write_benchmark(root: Path, samples: list[dict], per_shard: int, dataset_type: str | None = None,

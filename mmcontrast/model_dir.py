@@ -27,6 +27,7 @@ import torch
 from open_clip.factory import load_checkpoint
 from safetensors.torch import load_file, save_file
 
+from .durable import fsync, fsync_tree
 from .errors import UserError
 from .model import build_model
 
@@ -67,6 +68,7 @@ def fresh_tmp_dir(path: Path) -> Path:
 
 def replace_dir(tmp: Path, path: Path) -> Path:
     """Move a completely written ``tmp`` to ``path``, replacing what was there by renames only."""
+    fsync_tree(tmp)
     if path.exists():
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -75,6 +77,7 @@ def replace_dir(tmp: Path, path: Path) -> Path:
         shutil.rmtree(old)
     else:
         tmp.rename(path)
+    fsync(path.parent)
     return path
 
 

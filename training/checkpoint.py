@@ -9,8 +9,9 @@ checkpoints/step_0000200/
   objective.safetensors  an objective's own state when it has one (momentum teacher, queues)
   state.json          step, world size, config — written last; its presence marks the checkpoint complete
 ```
-All processes write into ``step_XXXXXXX.tmp``; rank 0 renames it when every rank is done, so a run
-killed mid-write leaves only a ``.tmp`` directory, which resume ignores and the next save replaces.
+All processes write into ``step_XXXXXXX.tmp``; rank 0 renames it when every rank is done and every file
+is flushed to disk, so a run killed mid-write (or a machine that crashes) leaves only a ``.tmp``
+directory, which resume ignores and the next save replaces.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmcontrast.durable import fsync, fsync_tree
 from mmcontrast.errors import UserError
 
 STATE = "state.json"
@@ -54,6 +56,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
         tmp.mkdir(parents=True)
     barrier()
     torch.save({"rng": _rng_state(), "loader": loader_state}, tmp / f"rank{rank}.pt")
+    fsync(tmp / f"rank{rank}.pt")  # by its writer: on storage shared by nodes, only it can flush it
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
@@ -67,8 +70,10 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
     barrier()
     if rank == 0:
         (tmp / STATE).write_text(json.dumps({"step": step, "world_size": world_size, "config": config}))
+        fsync_tree(tmp)  # on disk before the name says complete (mmcontrast.durable)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        fsync(ckpt_dir)
         for old in sorted(complete_checkpoints(ckpt_dir))[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
