@@ -228,9 +228,35 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     return _merge(_read_yaml(path.parent / str(base), seen + (path.resolve(),)), tree)
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: installed with the program
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs that ship with the package, e.g. ``tiny``, ``objectives/siglip``."""
+    return sorted(p.relative_to(SHIPPED_CONFIGS).with_suffix("").as_posix() for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` when it exists, else the config of that name shipped with the package, so that after a
+    non-editable install ``tiny``, ``objectives/siglip`` or ``training/configs/tiny.yaml`` work from any folder."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute() or ".." in given.parts:
+        return given
+    parts = given.parts[1:] if given.parts[:1] == ("training",) else given.parts
+    parts = parts[1:] if parts[:1] == ("configs",) else parts
+    shipped = SHIPPED_CONFIGS.joinpath(*parts) if parts else SHIPPED_CONFIGS
+    if shipped.suffix not in (".yaml", ".yml"):
+        shipped = shipped.with_name(shipped.name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"config file not found: {given} (tried {given.absolute()} and {shipped}; shipped configs: "
+                    f"{', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read YAML ``path`` (or the defaults), apply ``key.sub=value`` overrides, validate."""
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    """Read YAML ``path`` (a file, or the name of a shipped config: ``find_config``) or the defaults,
+    apply ``key.sub=value`` overrides, validate."""
+    tree = _read_yaml(find_config(path)) if path is not None else {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key.sub=value")
