@@ -9,25 +9,21 @@ are reported too. Nothing is changed; the exit status is 1 when anything is wron
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from mmcontrast.data.tar import IMAGE_EXTS, shard_samples
-from mmcontrast.errors import UserError
-
-from .writer import MANIFEST
+from mmcontrast.data.limits import ImageTooLarge, Limits, open_image
+from mmcontrast.data.tar import IMAGE_EXTS, ShardError, shard_samples
+from mmcontrast.data.urls import read_manifest
 
 MAX_EXAMPLES = 5  # problem samples named per shard and reason
 
 
-def check_shard(path: str) -> dict:
+def check_shard(path: str, limits: Limits = Limits()) -> dict:
     """{"samples": n, "problems": {reason: count}, "examples": {reason: [key, ...]}, "error": str | None}."""
     problems, examples, keys = Counter(), {}, set()
 
@@ -39,46 +35,43 @@ def check_shard(path: str) -> dict:
 
     samples, error = 0, None
     try:
-        for sample in shard_samples(path, on_duplicate=lambda name: problem("duplicate_file", name)):
+        for sample in shard_samples(path, lambda name: problem("duplicate_file", name), limits):
             samples += 1
             key = sample["__key__"]
             if key in keys:
                 problem("duplicate_key", key)
             keys.add(key)
+            if "__error__" in sample:
+                problem(sample["__error__"], key)
+                continue
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
             if ext is None:
                 problem("missing_image", key)
             else:
                 try:
-                    with Image.open(io.BytesIO(sample[ext])) as image:
+                    with open_image(sample[ext], limits.max_image_pixels) as image:
                         image.load()
+                except ImageTooLarge:
+                    problem("too_large", key)
                 except Exception:  # PIL raises many types for broken files
                     problem("corrupt_image", key)
-            caption = sample.get("txt", b"").decode("utf-8", errors="replace")
-            if not any(line.strip() for line in caption.splitlines()):
+            caption = sample.get("txt", b"")
+            if len(caption) > limits.max_caption_bytes:
+                problem("caption_too_large", key)
+            elif not any(line.strip() for line in caption.decode("utf-8", errors="replace").splitlines()):
                 problem("missing_caption", key)
-    except FileNotFoundError:
-        error = "missing"
-    except (tarfile.TarError, EOFError, OSError) as e:
-        error = f"unreadable after {samples} samples: {e}"
+    except ShardError as e:
+        error = "missing" if not Path(path).exists() else f"{e.reason} after {samples} samples: {e}"
     return {"samples": samples, "problems": dict(problems), "examples": examples, "error": error}
 
 
-def check_dir(root: str | Path, workers: int = 2, progress: bool = True) -> dict:
+def check_dir(root: str | Path, workers: int = 2, progress: bool = True, limits: Limits = Limits()) -> dict:
     """Check every shard the manifest lists: {"shards": {name: result + "expected"}, "unlisted", "ok", totals}."""
     root = Path(root)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise UserError(f"{root} has no {MANIFEST}: not a shard directory written by data_prep (or the build did "
-                        f"not finish — rerun it)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        listed = {s["name"]: int(s["count"]) for s in manifest["shards"]}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{manifest_path} is not a shard manifest ({e})") from None
+    listed = {s["name"]: s["count"] for s in read_manifest(root)["shards"]}
     names = sorted(listed)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(check_shard, [str(root / n) for n in names]), total=len(names),
+        results = list(tqdm(pool.map(partial(check_shard, limits=limits), [str(root / n) for n in names]), total=len(names),
                             desc="check", unit="shard", disable=not progress))
     shards = {}
     for name, result in zip(names, results):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from mmcontrast.data.limits import ImageTooLarge, Limits, open_image
 from mmcontrast.errors import UserError
 
 RESIZE_MODES = ("shorter", "center_crop", "longer", "none")
@@ -29,6 +30,7 @@ class ProcessOptions:
     quality: int = 90              # JPEG quality of the re-encoded image
     min_size: int = 0              # skip images whose shorter side is smaller (before resizing)
     max_aspect: float = 0.0        # skip images with longer / shorter side above this (0: no limit)
+    max_pixels: int = Limits.max_image_pixels  # skip images whose header declares more (too_large), undecoded
     min_caption_words: int = 1     # drop captions with fewer words; a sample without captions left is skipped
     max_caption_words: int = 0     # drop captions with more words (0: no limit)
     dedup: bool = True             # skip an image whose bytes equal an earlier one's
@@ -92,7 +94,7 @@ def process_image(source: str | bytes, options: ProcessOptions) -> dict:
         return {"skip": "missing_image"}
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, options.max_pixels) as im:
             orientation = im.getexif().get(_ORIENTATION, 1)
             turned = orientation in (5, 6, 7, 8)  # phone photos: the pixels are shown rotated by 90°
             w, h = (im.height, im.width) if turned else im.size
@@ -119,6 +121,8 @@ def process_image(source: str | bytes, options: ProcessOptions) -> dict:
                 im = im.crop((left, top, left + options.size, top + options.size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=options.quality)
+    except ImageTooLarge:
+        return {"skip": "too_large"}
     except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
         return {"skip": "unreadable_image"}
     return {"jpg": buf.getvalue(), "size": [w, h], "hash": digest}

@@ -171,8 +171,12 @@ def build_shards(input_path: str | Path, out: str | Path, *, format: str = "auto
                  "source_options": asdict(source_options), "options": options.as_dict(), "shard_size": shard_size}
     spans = _resume(out, signature)
     if (out / MANIFEST).is_file():  # written last: the build was complete...
-        manifest = json.loads((out / MANIFEST).read_text())
-        if spans and spans[-1].next_record == manifest["records"]:
+        try:
+            manifest = json.loads((out / MANIFEST).read_bytes())
+            done = bool(spans) and spans[-1].next_record == manifest["records"]
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError):  # damaged since: written again below
+            done = False
+        if done:
             return manifest
         (out / MANIFEST).unlink()  # ...but a shard was removed or changed since: rebuild from there
     start, cursor = (spans[-1].next_record, spans[-1].cursor) if spans else (0, None)

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from webdataset.tariterators import tarfile_samples
-
 from mmcontrast.data.annotations import coco_entries, karpathy_entries, read_json
 from mmcontrast.errors import UserError
 from mmcontrast.templates import OPENAI_IMAGENET, read_lines
 
-from .sets import IMAGE_EXTS, ClassificationSet, FileImages, RetrievalSet, WdsImages
+from .sets import IMAGE_EXTS, ClassificationSet, FileImages, RetrievalSet, WdsImages, wds_samples
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -110,7 +108,7 @@ def read_wds(root: str | Path, split: str = "test") -> RetrievalSet | Classifica
     if kind not in ("retrieval", "classification"):
         raise UserError(f"{type_file}: dataset type {kind!r} is not supported (retrieval or classification)")
     keys, exts, targets = [], [], []
-    for sample in tarfile_samples({"url": u} for u in shards):
+    for sample in wds_samples(shards):
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         where = f"{sample['__url__']}: sample {sample['__key__']}"
         if ext is None:

@@ -7,27 +7,55 @@ format the user had.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from PIL import Image
-from webdataset.tariterators import tarfile_samples
 
+from mmcontrast.data.limits import ImageTooLarge, Limits
+from mmcontrast.data.limits import open_image as open_checked
+from mmcontrast.data.tar import ShardError, shard_samples
 from mmcontrast.errors import UserError
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
+LIMITS = Limits()  # an evaluation set is read whole or not at all: a file above a limit stops it
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """An RGB image from encoded bytes; one line naming ``where`` when it is too large or cannot be decoded."""
+    try:
+        with open_checked(data, LIMITS.max_image_pixels) as im:
+            return im.convert("RGB")
+    except ImageTooLarge as e:
+        raise UserError(f"image too large: {where} ({e})") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise UserError(f"image cannot be decoded: {where} ({e})") from None
 
 
 def open_image(path: str | Path) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with open(path, "rb") as f:
+            data = f.read(LIMITS.max_file_bytes + 1)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
-    except Exception as e:
-        raise UserError(f"image cannot be decoded: {path} ({e})") from None
+    except OSError as e:
+        raise UserError(f"image cannot be read: {path} ({e})") from None
+    if len(data) > LIMITS.max_file_bytes:
+        raise UserError(f"image file above {LIMITS.max_file_bytes:,} bytes: {path}")
+    return decode_image(data, str(path))
+
+
+def wds_samples(shards: Sequence[str]) -> Iterator[dict]:
+    """Every sample of CLIP_benchmark-style shards in order; a broken shard or an oversized file stops with one line."""
+    for url in shards:
+        try:
+            for sample in shard_samples(url, lambda name: None, LIMITS):
+                if "__error__" in sample:
+                    raise UserError(f"{url}: sample {sample['__key__']}: a file above {LIMITS.max_file_bytes:,} bytes")
+                yield sample
+        except ShardError as e:
+            raise UserError(f"{url}: {e.reason.replace('_', ' ')} ({e}); the evaluation needs every sample") from None
 
 
 class FileImages:
@@ -62,12 +90,9 @@ class WdsImages:
 
     def iter_images(self, indices: Sequence[int]) -> Iterator[tuple[int, Image.Image]]:
         wanted = set(indices)
-        for i, sample in enumerate(tarfile_samples({"url": u} for u in self.shards)):
+        for i, sample in enumerate(wds_samples(self.shards)):
             if i in wanted:
-                try:
-                    yield i, Image.open(io.BytesIO(sample[self.exts[i]])).convert("RGB")
-                except Exception as e:
-                    raise UserError(f"{sample['__url__']}: image {sample['__key__']} cannot be decoded ({e})") from None
+                yield i, decode_image(sample[self.exts[i]], f"{sample['__url__']}: image {sample['__key__']}")
 
     def image(self, i: int) -> Image.Image:
         return next(self.iter_images([i]))[1]

@@ -58,7 +58,7 @@ def test_every_kind_of_damage_is_reported(tmp_path):
     shards = report["shards"]
     assert shards["000000.tar"]["problems"] == {"corrupt_image": 1, "missing_caption": 1, "missing_image": 1}
     assert shards["000000.tar"]["examples"]["corrupt_image"] == ["0001"]
-    assert shards["000001.tar"]["error"].startswith("unreadable after") and shards["000001.tar"]["samples"] < 4
+    assert shards["000001.tar"]["error"].startswith("truncated_shard after 3 samples") and shards["000001.tar"]["samples"] < 4
     assert shards["000002.tar"]["error"] == "missing" and shards["000002.tar"]["samples"] == 0
     assert shards["000003.tar"]["samples"] == 4 and shards["000003.tar"]["expected"] == 5
     assert report["unlisted"] == ["000009.tar"]

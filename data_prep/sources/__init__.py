@@ -44,13 +44,14 @@ def captions_of(value) -> list[str]:
     return str(value).splitlines()
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # webdataset shards, plain or gzip-compressed
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def detect(path: Path) -> str:
     """The input format of ``path``: table, folder, hf, coco, karpathy or webdataset."""
     text = str(path)
-    if "{" in text or text.endswith(".tar") or "::" in text:
+    if "{" in text or text.endswith(SHARD_SUFFIXES) or "::" in text:
         return "webdataset"
     if any(ch in text for ch in "*?["):  # a glob of tables: laion/part-*.parquet
         return "table"
@@ -59,7 +60,7 @@ def detect(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return "hf"
-        if any(path.glob("*.tar")):
+        if any(p.name.endswith(SHARD_SUFFIXES) for p in path.iterdir()):
             return "webdataset"
         from .table import TABLE_SUFFIXES
         tables = [p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES]

@@ -6,15 +6,29 @@ the break and is counted once as ``unreadable_shard``."""
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from mmcontrast.data.tar import IMAGE_EXTS, shard_samples
+from mmcontrast.data.tar import IMAGE_EXTS, ShardError, shard_samples
 from mmcontrast.data.urls import MANIFEST, expand_urls, read_manifest
 from mmcontrast.errors import UserError
 
-from . import Record, SourceOptions, captions_of
+from . import SHARD_SUFFIXES, Record, SourceOptions, captions_of
+
+
+def _successes(stats: list[Path]) -> int | None:
+    """The samples img2dataset wrote, from its ``_stats.json`` files; None when one is damaged (the total is only
+    for the progress bar)."""
+    total = 0
+    for path in stats:
+        try:
+            n = json.loads(path.read_bytes()).get("successes", 0)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return None
+        if not isinstance(n, int) or n < 0:
+            return None
+        total += n
+    return total
 
 
 class WebdatasetSource:
@@ -23,12 +37,13 @@ class WebdatasetSource:
     def __init__(self, path: Path, options: SourceOptions):
         self.options, self.total = options, None
         if path.is_dir() and not (path / MANIFEST).is_file():
-            self.urls = [str(p) for p in sorted(path.glob("*.tar"))]
+            self.urls = [str(p) for p in sorted(path.iterdir()) if p.name.endswith(SHARD_SUFFIXES)]
             if not self.urls:
                 raise UserError(f"{path} holds no .tar shards")
-            stats = [p.with_name(p.stem + "_stats.json") for p in map(Path, self.urls)]
+            stats = [Path(u.removesuffix(next(x for x in SHARD_SUFFIXES if u.endswith(x))) + "_stats.json")
+                     for u in self.urls]
             if all(s.is_file() for s in stats):  # img2dataset writes the successes of each shard
-                self.total = sum(json.loads(s.read_text()).get("successes", 0) for s in stats)
+                self.total = _successes(stats)
         else:
             self.urls = expand_urls(str(path))
             if path.is_dir():
@@ -39,8 +54,8 @@ class WebdatasetSource:
             try:
                 for sample in shard_samples(url, on_duplicate=lambda name: None):
                     yield i, sample
-            except (tarfile.TarError, EOFError, OSError) as e:
-                yield i, {"__key__": "", "__url__": url, "__error__": str(e)}
+            except ShardError as e:
+                yield i, {"__key__": "", "__url__": url, "__shard_error__": f"{e.reason}: {e}"}
 
     def records(self, start: int = 0, cursor: list | None = None) -> Iterator[Record]:
         """From record ``start``. The cursor of the record before it, ``[shard, samples read in that shard]``,
@@ -54,10 +69,13 @@ class WebdatasetSource:
                 skip -= 1
                 continue
             name, cursor = Path(sample["__url__"]).name, [i, within]
-            if "__error__" in sample:
-                yield Record(name, None, [], f"{name}: {sample['__error__']}", "unreadable_shard", cursor)
+            if "__shard_error__" in sample:
+                yield Record(name, None, [], f"{name}: {sample['__shard_error__']}", "unreadable_shard", cursor)
                 continue
             key = sample["__key__"]
+            if "__error__" in sample:  # a file above the size limit, never read
+                yield Record(key, None, [], f"{name}:{key}", sample["__error__"], cursor)
+                continue
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
             if "txt" in sample:
                 captions = captions_of(sample["txt"].decode("utf-8", errors="replace"))

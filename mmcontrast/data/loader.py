@@ -18,12 +18,10 @@ sees exactly the batches it would have seen. The loader is not passed through
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import math
 import random
-import tarfile
 import zlib
 from collections import Counter
 from typing import Callable, Iterator
@@ -32,25 +30,19 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .tar import IMAGE_EXTS, shard_samples
+from .limits import ImageTooLarge, Limits, open_image
+from .tar import IMAGE_EXTS, ShardError, shard_samples
 from .urls import count_samples, expand_sources
 
 TEXT_EXTS = ("txt",)
 # Why data was skipped: per sample, and per shard (a broken shard counts once per pass, however it fails)
-SAMPLE_FAULTS = ("corrupt_image", "missing_caption", "missing_image", "bad_tar_entry")
+SAMPLE_FAULTS = ("corrupt_image", "missing_caption", "missing_image", "bad_tar_entry", "too_large",
+                 "caption_too_large", "file_too_large")
 SHARD_FAULTS = ("truncated_shard", "corrupt_shard", "unreadable_shard")
 
 
 def _seed(*parts) -> int:
     return zlib.crc32(" ".join(map(str, parts)).encode())
-
-
-def _reason(exn: Exception) -> str:
-    if isinstance(exn, (tarfile.ReadError, EOFError)):
-        return "truncated_shard"
-    if isinstance(exn, (tarfile.TarError, ValueError)):
-        return "corrupt_shard"
-    return "unreadable_shard"
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -61,8 +53,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                  caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
                  view_transform: Callable | None = None, ids_from: str = "",
                  draw_weights: list[float] | None = None, epoch_batches: int = 0, trim_text: bool = False,
-                 decode_size: int = 0):
+                 decode_size: int = 0, limits: Limits = Limits()):
         super().__init__()
+        self.limits = limits
         self.trim_text, self.decode_size = trim_text, decode_size
         # resampling: cumulative per-shard probabilities, and each slot's batches per virtual epoch
         self.cum_weights = list(itertools.accumulate(draw_weights)) if draw_weights else None
@@ -85,11 +78,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         for draw, url in enumerate(shards):
             found = False
             try:
-                for sample in shard_samples(url, on_duplicate=lambda name: skipped.update(["bad_tar_entry"])):
+                for sample in shard_samples(url, lambda name: skipped.update(["bad_tar_entry"]), self.limits):
                     found = True
                     yield {**sample, "__draw__": draw}
-            except (OSError, tarfile.TarError, EOFError, ValueError) as exn:  # once per pass; the stream goes on
-                skipped[_reason(exn)] += 1
+            except ShardError as exn:  # once per pass; the stream goes on
+                skipped[exn.reason] += 1
             empty_in_a_row = 0 if found else empty_in_a_row + 1
             if self.cum_weights and empty_in_a_row > 2 * len(self.urls) + 10:  # endless draws, nothing to read
                 raise UserError(f"{empty_in_a_row} shards drawn in a row held no sample (skipped: {dict(skipped)}); "
@@ -108,22 +101,31 @@ class ShardStream(torch.utils.data.IterableDataset):
         yield from buf
 
     def _decode(self, sample: dict, skipped: Counter) -> tuple[Image.Image, list[str]] | None:
+        if "__error__" in sample:
+            skipped[sample["__error__"]] += 1
+            return None
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
             skipped["missing_image"] += 1
             return None
         text = next((sample[e] for e in TEXT_EXTS if e in sample), None)
+        if text is not None and len(text) > self.limits.max_caption_bytes:
+            skipped["caption_too_large"] += 1
+            return None
         lines = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()] if text else []
         lines = [ln for ln in lines if ln]
         if not lines:
             skipped["missing_caption"] += 1
             return None
         try:
-            img = Image.open(io.BytesIO(sample[ext]))
+            img = open_image(sample[ext], self.limits.max_image_pixels)  # the header only, so far
             if self.decode_size and img.format == "JPEG":
                 # libjpeg's DCT scaling: decode at 1/2, 1/4 or 1/8 size while both sides stay ≥ decode_size
                 img.draft("RGB", (self.decode_size, self.decode_size))
             img = img.convert("RGB")  # forces the full decode, so truncated data fails here
+        except ImageTooLarge:
+            skipped["too_large"] += 1
+            return None
         except Exception:
             skipped["corrupt_image"] += 1
             return None
@@ -285,7 +287,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
                 pin_memory: bool = False, state: dict | None = None,
                 view_transform: Callable | None = None, ids_from: str = "",
                 resampled: bool = False, weights: list[float] | None = None, epoch_samples: int = 0,
-                trim_text: bool = False, decode_size: int = 0) -> Loader:
+                trim_text: bool = False, decode_size: int = 0, limits: Limits = Limits()) -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
     ``urls``: a shard directory (with ``manifest.json``), a brace pattern, a URL (``pipe:``, ``http(s)://``),
@@ -305,6 +307,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     ``trim_text``: cut each batch's token rows after its longest caption (``trim_padding``) — for models
     whose text features do not change by it (``mmcontrast.model.text_trimmable``).
     ``decode_size``: decode JPEGs at a reduced scale whose sides stay at least this large (``decode_size_for``).
+    ``limits``: what one file, caption or image may cost (``mmcontrast.data.limits.Limits``); above, it is skipped.
     """
     sources = expand_sources(urls)
     shards = [u for source in sources for u in source]
@@ -328,7 +331,7 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
                          repeat, caption, positions, worker_offset=consumed % workers,
                          view_transform=view_transform, ids_from=ids_from, draw_weights=draw_weights,
-                         epoch_batches=epoch_batches, trim_text=trim_text, decode_size=decode_size)
+                         epoch_batches=epoch_batches, trim_text=trim_text, decode_size=decode_size, limits=limits)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))
 
 

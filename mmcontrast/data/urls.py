@@ -14,6 +14,7 @@ import braceexpand
 from ..errors import UserError
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 * 2**20  # about two million shards; a larger file is not one of ours
 
 
 def _is_remote(url: str) -> bool:
@@ -21,11 +22,40 @@ def _is_remote(url: str) -> bool:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a shard directory: ``{"shards": [{"name", "count"}], "total": N, ...}``."""
+    """The manifest of a shard directory: ``{"shards": [{"name", "count"}], "total": N, ...}``, its shape checked:
+    a manifest of another tool (or a damaged one) stops with what is wrong, never a ``KeyError`` later."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise UserError(f"{directory} has no {MANIFEST}; build shards with `python -m data_prep`")
-    return json.loads(path.read_text())
+    expected = ('expected {"shards": [{"name": FILE, "count": N}, ...], "total": N} as `python -m data_prep` '
+                'writes; for other shards name them with a brace pattern, e.g. DIR/{000000..000009}.tar')
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path} is {path.stat().st_size:,} bytes, not a shard manifest ({expected})")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); {expected}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem}; {expected}")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return "no list of shards"
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str) or not _is_count(shard.get("count")):
+            return f"shard {i} is {str(shard)[:80]}, not {{\"name\": FILE, \"count\": N}}"
+        if "/" in shard["name"] or "\\" in shard["name"] or shard["name"] in ("", ".", ".."):
+            return f"shard {i} names {shard['name'][:80]!r}, not a file in the directory"
+    if not _is_count(manifest.get("total")):
+        return f"total is {str(manifest.get('total'))[:40]}, not a count of samples"
+    return None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def expand_sources(urls: str | list[str]) -> list[list[str]]:
