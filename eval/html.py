@@ -1,10 +1,16 @@
-"""The HTML page of a retrieval run: sample queries and their top-5 results, thumbnails, hits marked."""
+"""The HTML page of a retrieval run: sample queries and their top-5 results, thumbnails, hits marked.
+
+For a query whose first result is wrong the page shows the right answer (the best-ranked positive
+caption, or the query's image) and its rank; with ``--rerank-k`` the ITM re-ranked top 5 stands beside
+the dual encoder's, with the right answer's rank after re-ranking.
+"""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
+from .report import metric_rows
 from .sets import RetrievalSet
 
 THUMB = 160
@@ -13,7 +19,9 @@ STYLE = """body{font-family:sans-serif;margin:24px;color:#222}h2{margin-top:32px
 .q{display:flex;gap:12px;align-items:flex-start;margin:12px 0;padding:8px;border-bottom:1px solid #ddd}
 .q img{width:120px;height:120px;object-fit:cover;border:4px solid #ccc}.hit{border-color:#2a2!important}
 .miss{border-color:#c33!important}ol{margin:0}li.hit{color:#1a7a1a;font-weight:bold}li.miss{color:#555}
-.query{width:220px;font-weight:bold}table{border-collapse:collapse}td,th{padding:4px 10px;border:1px solid #ccc}"""
+.query{width:220px;font-weight:bold}table{border-collapse:collapse}td,th{padding:4px 10px;border:1px solid #ccc}
+.ranking{display:flex;flex-direction:column;gap:4px}.ranking h3{margin:0;font-size:90%;color:#555}
+.row{display:flex;gap:8px}.answer{width:260px;background:#fff6e0;padding:6px}.answer img{border-color:#2a2}"""
 
 
 def _thumbs(ds: RetrievalSet, indices: set[int], folder: Path) -> dict[int, str]:
@@ -27,36 +35,95 @@ def _thumbs(ds: RetrievalSet, indices: set[int], folder: Path) -> dict[int, str]
     return names
 
 
+def _needed_images(examples: dict) -> set[int]:
+    """Every image the page shows: image queries, text queries' results (both rankings) and right answers."""
+    needed = {q["query"] for q in examples["image_queries"]}
+    for q in examples["text_queries"]:
+        needed |= set(q["results"]) | set(q.get("reranked", {}).get("results", []))
+        if q["positive"] is not None:
+            needed.add(q["positive"])
+    return needed
+
+
+def _missed(q: dict) -> bool:
+    """The first result is not a positive, before or after re-ranking."""
+    return q["hits"][:1] != [True] or ("reranked" in q and q["reranked"]["hits"][:1] != [True])
+
+
+def _rank(q: dict, k: int) -> str:
+    dual = "no positive in the set" if q["positive_rank"] is None else f"rank {q['positive_rank'] + 1}"
+    if "reranked" not in q:
+        return dual
+    r = q["reranked"]["positive_rank"]
+    return f"{dual}; ITM re-ranked: " + (f"not in the top {k}" if r is None else f"rank {r + 1}")
+
+
+def _metrics_table(result: dict) -> list[str]:
+    reranked = result.get("reranked")
+    extra = f"<th>ITM re-ranked top {reranked['k']} (%)</th>" if reranked else ""
+    again = {name: value for name, value, _ in metric_rows(reranked["metrics"], {})} if reranked else {}
+    parts = [f"<table><tr><th>metric</th><th>value (%)</th>{extra}<th>chance (%)</th></tr>"]
+    for name, value, chance in metric_rows(result["metrics"], result["chance"]):
+        cell = f"<td>{'' if name not in again else f'{100 * again[name]:.2f}'}</td>" if reranked else ""
+        parts.append(f"<tr><td>{name}</td><td>{100 * value:.2f}</td>{cell}"
+                     f"<td>{'' if chance is None else f'{100 * chance:.2f}'}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _captions(title: str, ranking: dict, texts: list[str]) -> str:
+    items = "".join(f"<li class='{'hit' if hit else 'miss'}'>{'✓ ' if hit else ''}{html.escape(texts[t])}</li>"
+                    for t, hit in zip(ranking["results"], ranking["hits"]))
+    return f"<div class='ranking'><h3>{title}</h3><ol>{items}</ol></div>"
+
+
+def _images(title: str, ranking: dict, thumbs: dict[int, str]) -> str:
+    imgs = "".join(f"<img class='{'hit' if hit else 'miss'}' src='{thumbs[i]}' alt='result {i}' "
+                   f"title='{'hit' if hit else 'not a positive'}'>"
+                   for i, hit in zip(ranking["results"], ranking["hits"]))
+    return f"<div class='ranking'><h3>{title}</h3><div class='row'>{imgs}</div></div>"
+
+
+def _image_query(q: dict, texts: list[str], thumbs: dict[int, str], k: int) -> str:
+    lists = _captions("dual encoder", q, texts)
+    if "reranked" in q:
+        lists += _captions(f"ITM re-ranked (top {k})", q["reranked"], texts)
+    answer = ""
+    if _missed(q):
+        caption = "" if q["positive"] is None else f"“{html.escape(texts[q['positive']])}”<br>"
+        answer = f"<div class='answer'><b>right answer</b>: {caption}<small>{_rank(q, k)}</small></div>"
+    return (f"<div class='q'><img src='{thumbs[q['query']]}' alt='query image {q['query']}'>"
+            f"{lists}{answer}</div>")
+
+
+def _text_query(q: dict, texts: list[str], text_to_image: list[int], thumbs: dict[int, str], k: int) -> str:
+    lists = _images("dual encoder", q, thumbs)
+    if "reranked" in q:
+        lists += _images(f"ITM re-ranked (top {k})", q["reranked"], thumbs)
+    answer = ""
+    if _missed(q):
+        answer = (f"<div class='answer'><b>right answer</b>: image {q['positive']}<br>"
+                  f"<img src='{thumbs[q['positive']]}' alt='right answer {q['positive']}'><br>"
+                  f"<small>{_rank(q, k)}</small></div>")
+    return (f"<div class='q'><div class='query'>{html.escape(texts[q['query']])}<br>"
+            f"<small>(image {text_to_image[q['query']]})</small></div>{lists}{answer}</div>")
+
+
 def write_retrieval_html(path: str | Path, ds: RetrievalSet, result: dict, title: str) -> Path:
     """``path`` (HTML) and its thumbnail folder beside it; every image it shows is on disk."""
     path = Path(path)
     ex = result["examples"]
-    needed = {q["query"] for q in ex["image_queries"]} | {i for q in ex["text_queries"] for i in q["results"]}
-    thumbs = _thumbs(ds, needed, path.with_name(path.stem + "_thumbs"))
+    thumbs = _thumbs(ds, _needed_images(ex), path.with_name(path.stem + "_thumbs"))
     texts, text_to_image = ds.texts, ds.text_to_image
+    k = result["reranked"]["k"] if "reranked" in result else 0
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{result['images']} images, {result['texts']} captions. Source: {html.escape(ds.source)}</p>",
-             "<table><tr><th>metric</th><th>value (%)</th><th>chance (%)</th></tr>"]
-    for k, v in result["metrics"].items():
-        if k == "approximate":
-            continue
-        chance = result["chance"].get(k)
-        value = v if k == "rsum" else 100 * v  # rsum is already a sum of percentages
-        parts.append(f"<tr><td>{k}</td><td>{value:.2f}</td><td>{'' if chance is None else f'{100 * chance:.2f}'}"
-                     f"</td></tr>")
-    parts.append("</table><h2>Image → text: top-5 captions</h2>")
-    for q in ex["image_queries"]:
-        items = "".join(f"<li class='{'hit' if hit else 'miss'}'>{'✓ ' if hit else ''}{html.escape(texts[t])}</li>"
-                        for t, hit in zip(q["results"], q["hits"]))
-        parts.append(f"<div class='q'><img src='{thumbs[q['query']]}' alt='query image {q['query']}'>"
-                     f"<ol>{items}</ol></div>")
+             *_metrics_table(result), "<h2>Image → text: top-5 captions</h2>"]
+    parts += [_image_query(q, texts, thumbs, k) for q in ex["image_queries"]]
     parts.append("<h2>Text → image: top-5 images</h2>")
-    for q in ex["text_queries"]:
-        imgs = "".join(f"<img class='{'hit' if hit else 'miss'}' src='{thumbs[i]}' alt='result {i}' "
-                       f"title='{'hit' if hit else 'not a positive'}'>" for i, hit in zip(q["results"], q["hits"]))
-        parts.append(f"<div class='q'><div class='query'>{html.escape(texts[q['query']])}<br>"
-                     f"<small>(image {text_to_image[q['query']]})</small></div>{imgs}</div>")
-    parts.append("<p>Green border or ✓: a positive; red border: not a positive.</p></body></html>")
+    parts += [_text_query(q, texts, text_to_image, thumbs, k) for q in ex["text_queries"]]
+    parts.append("<p>Green border or ✓: a positive; red border: not a positive. Where the first result is wrong, "
+                 "the right answer is shown with its rank (rank 1 = first; for an image, its best-ranked caption)."
+                 "</p></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

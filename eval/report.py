@@ -30,11 +30,30 @@ def markdown_table(rows: list[tuple[str, float, float | None]], title: str = "")
 
 
 def result_rows(result: dict) -> list[tuple[str, float, float | None]]:
+    """Table rows of a run's metrics (and of its re-ranked metrics, labelled so), each with its chance."""
     chance = result.get("chance", {})
-    rows = [(k, v, chance.get(k)) for k, v in result["metrics"].items() if k not in ("rsum", "approximate")]
+    rows = metric_rows(result["metrics"], chance)
     if "reranked" in result:
-        top = result["reranked"]["k"]
-        rows += [(f"{k}, ITM re-ranked top {top}", v, chance.get(k)) for k, v in result["reranked"]["metrics"].items()]
+        label = f", ITM re-ranked top {result['reranked']['k']}"
+        rows += [(name + label, value, c) for name, value, c in metric_rows(result["reranked"]["metrics"], chance)]
+    return rows
+
+
+def metric_rows(metrics: dict, chance: dict) -> list[tuple[str, float, float | None]]:
+    """(name, value, chance) in fractions. ``mean_recall`` and ``rsum`` (the sum of the six recalls, in percent:
+    a fraction of 100 here) get the mean and the sum of the recalls' chance levels."""
+    recalls = [k for k in metrics if "_retrieval_recall@" in k]
+    known = recalls and all(k in chance for k in recalls)
+    rows = []
+    for name, value in metrics.items():
+        if name == "approximate":
+            continue
+        if name == "rsum":
+            rows.append((name, value / 100, sum(chance[k] for k in recalls) if known else None))
+        elif name == "mean_recall":
+            rows.append((name, value, sum(chance[k] for k in recalls) / len(recalls) if known else None))
+        else:
+            rows.append((name, value, chance.get(name)))
     return rows
 
 

@@ -50,13 +50,10 @@ def encode_streams(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: i
     return _cat(images), _cat(texts)
 
 
-def reranked_ranks(model, queries: Streams, gallery: Streams, candidates: torch.Tensor, similarity: torch.Tensor,
-                   positives: torch.Tensor, query_is_image: bool, device: torch.device, dtype: torch.dtype | None,
+def reranked_order(model, queries: Streams, gallery: Streams, candidates: torch.Tensor, similarity: torch.Tensor,
+                   query_is_image: bool, device: torch.device, dtype: torch.dtype | None,
                    batch_pairs: int = 2048) -> torch.Tensor:
-    """Rank [Q] of the first positive after re-scoring each query's candidates [Q, K]; K when none is among them.
-
-    ``similarity`` [Q, K]: s·cos of each candidate; ``positives`` [Q, K]: whether it is a positive of its query.
-    """
+    """[Q, K] positions in each query's candidates [Q, K], best re-scored first; ``similarity`` [Q, K]: s·cos."""
     q, k = candidates.shape
     query_index = torch.arange(q)[:, None].expand(q, k).reshape(-1)
     gallery_index = candidates.reshape(-1)
@@ -67,16 +64,51 @@ def reranked_ranks(model, queries: Streams, gallery: Streams, candidates: torch.
         image, text = (a, b) if query_is_image else (b, a)
         with _autocast(device, dtype):
             scores[start:start + len(qi)] = model.fusion.match_score(image, text).float().cpu()
-    order = torch.sort(-(scores.view(q, k) + similarity), dim=1, stable=True).indices
+    return torch.sort(-(scores.view(q, k) + similarity), dim=1, stable=True).indices
+
+
+def reranked_ranks(model, queries: Streams, gallery: Streams, candidates: torch.Tensor, similarity: torch.Tensor,
+                   positives: torch.Tensor, query_is_image: bool, device: torch.device, dtype: torch.dtype | None,
+                   batch_pairs: int = 2048) -> torch.Tensor:
+    """Rank [Q] of the first positive after re-scoring each query's candidates [Q, K]; K when none is among them.
+
+    ``similarity`` [Q, K]: s·cos of each candidate; ``positives`` [Q, K]: whether it is a positive of its query.
+    """
+    order = reranked_order(model, queries, gallery, candidates, similarity, query_is_image, device, dtype, batch_pairs)
     hits = positives.gather(1, order)
-    return torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.tensor(k))
+    return torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.tensor(candidates.shape[1]))
+
+
+def rerank_examples(model, examples: dict, image_streams: Streams, text_streams: Streams,
+                    image_features: torch.Tensor, text_features: torch.Tensor, text_to_image: torch.Tensor,
+                    k_i2t: int, k_t2i: int, scale: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+                    top: int = 5) -> None:
+    """Adds ``"reranked"`` to each sample query of ``examples`` (``eval.retrieval``): its top ``top`` after
+    re-ranking, their hits, and the rank of its best positive among the re-ranked K (None: not among them)."""
+    ways = (("image_queries", image_streams, text_streams, image_features, text_features, k_i2t, True),
+            ("text_queries", text_streams, image_streams, text_features, image_features, k_t2i, False))
+    for way, query_streams, gallery_streams, query_features, gallery_features, k, query_is_image in ways:
+        if not examples[way]:
+            continue
+        queries = torch.tensor([e["query"] for e in examples[way]], dtype=torch.long)
+        sim, cand = (query_features[queries] @ gallery_features.T).topk(k, dim=1)
+        order = reranked_order(model, query_streams.select(queries), gallery_streams, cand, scale * sim,
+                               query_is_image, device, dtype)
+        for example, query, ranking in zip(examples[way], queries, cand.gather(1, order)):
+            hits = text_to_image[ranking] == query if query_is_image else ranking == text_to_image[query]
+            first = int(hits.int().argmax()) if hits.any() else None
+            example["reranked"] = {"results": ranking[:top].tolist(), "hits": hits[:top].tolist(),
+                                   "positive_rank": first}
 
 
 @torch.no_grad()
 def rerank_metrics(model, preprocess, tokenizer, ds: RetrievalSet, image_features: torch.Tensor,
                    text_features: torch.Tensor, k: int, batch_size: int = 256, device: torch.device = "cpu",
-                   dtype: torch.dtype | None = None, workers: int = 0, progress: bool = True) -> dict:
-    """{"k": K, "metrics": recall@1/5/10 both ways after re-ranking each query's top K, CLIP_benchmark names}."""
+                   dtype: torch.dtype | None = None, workers: int = 0, progress: bool = True,
+                   examples: dict | None = None) -> dict:
+    """{"k": K, "metrics": recall@1/5/10 both ways after re-ranking each query's top K, CLIP_benchmark names,
+    plus mean_recall and rsum}; ``examples``, the report's sample queries, also get their re-ranked lists
+    (``rerank_examples``)."""
     if not hasattr(model, "fusion"):
         raise UserError("re-ranking needs a model with fusion blocks and an ITM head (model.fusion); this model is "
                         "a plain dual encoder")
@@ -105,5 +137,10 @@ def rerank_metrics(model, preprocess, tokenizer, ds: RetrievalSet, image_feature
     i2t = gather_rows(i2t[:, None], len(ds)).squeeze(1)
     metrics = {f"image_retrieval_recall@{r}": v for r, v in recall_at_k(t2i).items()}
     metrics.update({f"text_retrieval_recall@{r}": v for r, v in recall_at_k(i2t).items()})
-    metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
+    recalls = list(metrics.values())
+    metrics["mean_recall"] = sum(recalls) / len(recalls)
+    metrics["rsum"] = 100 * sum(recalls)  # in percent, as the dual encoder's
+    if examples is not None:
+        rerank_examples(model, examples, image_streams, text_streams, image_features, text_features, text_to_image,
+                        k_i2t, k_t2i, scale, device, dtype)
     return {"k": k, "metrics": metrics}

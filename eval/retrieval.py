@@ -19,17 +19,23 @@ N_EXAMPLES = 8  # sample queries shown in the HTML report, each way
 
 
 def _examples(image_features, text_features, text_to_image, k: int = 5) -> dict:
-    """Top-k results of evenly spaced sample queries, for the report."""
+    """Top-k results of evenly spaced sample queries, for the report, each with its best-ranked positive."""
     n_img, n_txt = image_features.shape[0], text_features.shape[0]
     img_q = torch.linspace(0, n_img - 1, min(N_EXAMPLES, n_img)).long().unique()
     txt_q = torch.linspace(0, n_txt - 1, min(N_EXAMPLES, n_txt)).long().unique()
-    # a stable sort, so tied results appear in the order the metrics rank them
-    i2t = torch.sort(-(image_features[img_q] @ text_features.T), dim=1, stable=True).indices[:, :k]
-    t2i = torch.sort(-(text_features[txt_q] @ image_features.T), dim=1, stable=True).indices[:, :k]
-    return {"image_queries": [{"query": int(q), "results": r.tolist(),
-                               "hits": [int(text_to_image[t]) == int(q) for t in r]} for q, r in zip(img_q, i2t)],
-            "text_queries": [{"query": int(q), "results": r.tolist(),
-                              "hits": [int(i) == int(text_to_image[q]) for i in r]} for q, r in zip(txt_q, t2i)]}
+    # a stable sort, so tied results (and the positive's rank) are in the order the metrics rank them
+    i2t = torch.sort(-(image_features[img_q] @ text_features.T), dim=1, stable=True).indices
+    t2i = torch.sort(-(text_features[txt_q] @ image_features.T), dim=1, stable=True).indices
+    return {"image_queries": [_example(q, r, text_to_image[r] == q, k) for q, r in zip(img_q, i2t)],
+            "text_queries": [_example(q, r, r == text_to_image[q], k) for q, r in zip(txt_q, t2i)]}
+
+
+def _example(query: torch.Tensor, ranking: torch.Tensor, hits: torch.Tensor, k: int) -> dict:
+    """A query's top ``k``, which of them are positives, and its best-ranked positive with that rank
+    (0 = first; both None when the query has no positive, an image without captions)."""
+    first = int(hits.int().argmax()) if hits.any() else None
+    return {"query": int(query), "results": ranking[:k].tolist(), "hits": hits[:k].tolist(),
+            "positive": None if first is None else int(ranking[first]), "positive_rank": first}
 
 
 def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: int = 256,
@@ -69,5 +75,6 @@ def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: in
               "texts": len(texts), "examples": _examples(image_features, text_features, text_to_image)}
     if rerank_k:
         result["reranked"] = rerank_metrics(model, preprocess, tokenizer, ds, image_features, text_features,
-                                            rerank_k, batch_size, device, dtype, workers, progress)
+                                            rerank_k, batch_size, device, dtype, workers, progress,
+                                            examples=result["examples"])
     return result

@@ -8,10 +8,15 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
+import torch
+from PIL import Image
 
 import mmcontrast as mc
+from eval.html import write_retrieval_html
 from eval.readers import read_imagefolder, read_wds
-from eval.retrieval import run_retrieval
+from eval.report import markdown_table, result_rows
+from eval.retrieval import _examples, run_retrieval
+from eval.sets import FileImages, RetrievalSet
 from eval.zeroshot import run_zeroshot
 
 from .spawn import run_workers
@@ -50,7 +55,9 @@ def test_retrieval_program_reports_and_caches(model_dir, real_retrieval, tmp_pat
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["task"] == "zeroshot_retrieval" and record["dataset"] == "flickr30k"
     assert set(record["metrics"]) >= {f"{w}_retrieval_recall@{k}" for w in ("image", "text") for k in (1, 5, 10)}
-    assert "| image_retrieval_recall@1 |" in (tmp_path / "r.md").read_text()
+    table = (tmp_path / "r.md").read_text()
+    assert "| image_retrieval_recall@1 |" in table
+    assert f"| rsum | {record['metrics']['rsum']:.2f} |" in table
     page = _Images()
     page.feed((tmp_path / "r.html").read_text())
     assert len(page.sources) >= 8 + 8 * 5
@@ -90,3 +97,158 @@ def test_two_processes_give_the_same_metrics(tiny, real_retrieval, real_classifi
             assert ours.keys() == ref.keys()
             for k in ref:
                 assert ours[k] == pytest.approx(ref[k], abs=1e-6, nan_ok=True), k
+
+
+RECALLS = {"image_retrieval_recall@1": 0.25, "image_retrieval_recall@5": 0.5, "image_retrieval_recall@10": 0.75,
+           "text_retrieval_recall@1": 0.3, "text_retrieval_recall@5": 0.6, "text_retrieval_recall@10": 0.9}
+CHANCE = {"image_retrieval_recall@1": 0.01, "image_retrieval_recall@5": 0.05, "image_retrieval_recall@10": 0.1,
+          "text_retrieval_recall@1": 0.02, "text_retrieval_recall@5": 0.1, "text_retrieval_recall@10": 0.2}
+
+
+def test_markdown_table_has_rsum_beside_its_chance_also_after_re_ranking():
+    reranked = {k: v + 0.05 for k, v in RECALLS.items()}
+    result = {"metrics": {**RECALLS, "mean_recall": 0.55, "rsum": 330.0}, "chance": CHANCE,
+              "reranked": {"k": 16, "metrics": {**reranked, "mean_recall": 0.6, "rsum": 360.0}}}
+    lines = markdown_table(result_rows(result)).splitlines()
+    assert "| rsum | 330.00 | 48.00 | 6.9 |" in lines            # 25+50+75+30+60+90; chance 1+5+10+2+10+20
+    assert "| mean_recall | 55.00 | 8.00 | 6.9 |" in lines
+    assert "| rsum, ITM re-ranked top 16 | 360.00 | 48.00 | 7.5 |" in lines
+    assert "| text_retrieval_recall@10, ITM re-ranked top 16 | 95.00 | 20.00 | 4.8 |" in lines
+    assert len(lines) == 2 + 2 * 8
+
+
+# Four images (the last without a caption) and five captions; with the identity as image features each
+# score image i · text t is text row t's i-th entry, so every ranking below is read off these rows.
+IMAGE_FEATURES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.25]], dtype=torch.float64)
+TEXT_FEATURES = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.0, 0.6], [0.8, 0.7, 0.0], [0.0, 0.0, 1.0], [0.3, 0.2, 0.4]],
+                             dtype=torch.float64)
+TEXT_TO_IMAGE = torch.tensor([0, 0, 1, 2, 2])
+CAPTIONS = [["a red square", "a square in red"], ["a blue circle"], ["a green star", "one green star"], []]
+
+
+def test_examples_name_each_querys_best_positive_and_its_rank():
+    ex = _examples(IMAGE_FEATURES, TEXT_FEATURES, TEXT_TO_IMAGE, k=2)
+    assert ex["image_queries"] == [
+        {"query": 0, "results": [2, 1], "hits": [False, True], "positive": 1, "positive_rank": 1},
+        {"query": 1, "results": [0, 2], "hits": [False, True], "positive": 2, "positive_rank": 1},
+        {"query": 2, "results": [3, 1], "hits": [True, False], "positive": 3, "positive_rank": 0},
+        {"query": 3, "results": [2, 0], "hits": [False, False], "positive": None, "positive_rank": None}]
+    assert ex["text_queries"] == [
+        {"query": 0, "results": [1, 3], "hits": [False, False], "positive": 0, "positive_rank": 2},
+        {"query": 1, "results": [2, 0], "hits": [False, True], "positive": 0, "positive_rank": 1},
+        {"query": 2, "results": [0, 3], "hits": [False, False], "positive": 1, "positive_rank": 2},
+        {"query": 3, "results": [2, 3], "hits": [True, False], "positive": 2, "positive_rank": 0},
+        {"query": 4, "results": [2, 3], "hits": [True, False], "positive": 2, "positive_rank": 0}]
+
+
+class _Queries(HTMLParser):
+    """Per ``<div class='q'>``: its text, its image sources, and the text of its right-answer box."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries, self.depth, self.answer_depth = [], 0, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div":
+            self.depth += 1
+            if attrs.get("class") == "q":
+                self.queries.append({"text": "", "images": [], "answer": None, "depth": self.depth})
+            elif attrs.get("class") == "answer":
+                self.answer_depth = self.depth
+                self.queries[-1]["answer"] = {"text": "", "images": []}
+        elif tag == "img" and self.queries and self.depth >= self.queries[-1]["depth"]:
+            self.queries[-1]["images"].append(attrs["src"])
+            if self.answer_depth is not None:
+                self.queries[-1]["answer"]["images"].append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            if self.depth == self.answer_depth:
+                self.answer_depth = None
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.queries and self.depth >= self.queries[-1]["depth"]:
+            self.queries[-1]["text"] += data
+            if self.answer_depth is not None:
+                self.queries[-1]["answer"]["text"] += data
+
+
+def test_html_shows_the_right_answer_of_a_miss_and_the_re_ranked_list(tmp_path):
+    paths = []
+    for i, colour in enumerate(["red", "blue", "green", "gray"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), colour).save(paths[-1])
+    ds = RetrievalSet("hand-made", str(tmp_path), FileImages(paths), CAPTIONS)
+    ex = _examples(IMAGE_FEATURES, TEXT_FEATURES, TEXT_TO_IMAGE, k=2)
+    reranked = {"image_queries": [([1, 2], [True, False], 0), ([4, 3], [False, False], None),
+                                  ([3, 4], [True, True], 0), ([0, 1], [False, False], None)],
+                "text_queries": [([3, 0], [False, True], 1), ([0, 1], [True, False], 0), ([1, 0], [True, False], 0),
+                                 ([2, 3], [True, False], 0), ([2, 0], [True, False], 0)]}
+    for way, lists in reranked.items():
+        for example, (results, hits, rank) in zip(ex[way], lists):
+            example["reranked"] = {"results": results, "hits": hits, "positive_rank": rank}
+    result = {"metrics": {**RECALLS, "mean_recall": 0.55, "rsum": 330.0}, "chance": CHANCE, "images": 4, "texts": 5,
+              "examples": ex, "reranked": {"k": 16, "metrics": {**RECALLS, "rsum": 330.0}}}
+    page = write_retrieval_html(tmp_path / "r.html", ds, result, "hand-made")
+    parser = _Queries()
+    parser.feed(page.read_text())
+    image_q, text_q = parser.queries[:4], parser.queries[4:]
+    assert len(text_q) == 5
+    assert all((tmp_path / src).is_file() for q in parser.queries for src in q["images"])
+    # image 0: the dual encoder ranks its caption "a square in red" second, re-ranking first
+    assert image_q[0]["text"] == ("dual encodera blue circle✓ a square in red"
+                                  "ITM re-ranked (top 16)✓ a square in reda blue circle"
+                                  "right answer: “a square in red”rank 2; ITM re-ranked: rank 1")
+    assert image_q[0]["answer"]["text"] == "right answer: “a square in red”rank 2; ITM re-ranked: rank 1"
+    assert image_q[1]["answer"]["text"] == "right answer: “a blue circle”rank 2; ITM re-ranked: not in the top 16"
+    assert image_q[2]["answer"] is None  # first both ways
+    assert image_q[3]["answer"]["text"] == "right answer: no positive in the set; ITM re-ranked: not in the top 16"
+    # caption 0: its image (0) is third, past the two shown; re-ranking puts it second
+    assert text_q[0]["images"] == ["r_thumbs/1.jpg", "r_thumbs/3.jpg", "r_thumbs/3.jpg", "r_thumbs/0.jpg",
+                                   "r_thumbs/0.jpg"]
+    assert text_q[0]["answer"] == {"text": "right answer: image 0rank 3; ITM re-ranked: rank 2",
+                                   "images": ["r_thumbs/0.jpg"]}
+    assert text_q[1]["answer"]["text"] == "right answer: image 0rank 2; ITM re-ranked: rank 1"
+    assert text_q[3]["answer"] is None and text_q[4]["answer"] is None
+    assert "<td>rsum</td><td>330.00</td><td>330.00</td><td>48.00</td>" in page.read_text()
+
+
+def test_re_ranked_sample_queries_equal_the_joint_run(real_retrieval):
+    """Each sample query's re-ranked list is its top 12 by s·cos re-sorted by ITM log-odds + s·cos, with the
+    fusion output of every pair from the model's joint forward pass."""
+    from eval.encode import encode_images, encode_texts, image_batches
+
+    from .test_fusion import small_fusion_model
+    model = small_fusion_model()
+    _, preprocess = mc.make_transforms(model.preprocess_cfg)
+    tokenizer = mc.make_tokenizer(model.model_cfg)
+    ds = read_wds(real_retrieval["wds"])
+    result = run_retrieval(model, preprocess, tokenizer, ds, progress=False, rerank_k=12)
+    image_features = encode_images(model, preprocess, ds.images, 256, torch.device("cpu"), progress=False)
+    text_features = encode_texts(model, tokenizer, ds.texts, 256, torch.device("cpu"))
+    pixels = torch.cat(list(image_batches(ds.images, list(range(len(ds))), preprocess, 256, 0)))
+    tokens, text_to_image = tokenizer(ds.texts), torch.tensor(ds.text_to_image)
+    scale = model.logit_scale.exp()
+    ways = (("image_queries", image_features, text_features,
+             lambda q, c: (pixels[q].expand(len(c), -1, -1, -1), tokens[c]), lambda q, c: text_to_image[c] == q),
+            ("text_queries", text_features, image_features,
+             lambda q, c: (pixels[c], tokens[q].expand(len(c), -1)), lambda q, c: c == text_to_image[q]))
+    checked, reordered = 0, 0
+    for way, queries, gallery, pairs, positive in ways:
+        for example in result["examples"][way]:
+            q = example["query"]
+            sim = queries[q] @ gallery.T
+            candidates = sim.topk(12).indices
+            with torch.no_grad():
+                logits = model.fusion.itm_logits(model(*pairs(q, candidates))["fusion"]["fused"])
+            score = logits[:, 1] - logits[:, 0] + scale * sim[candidates]
+            order = candidates[torch.sort(-score, stable=True).indices]
+            hits = positive(q, order)
+            assert example["reranked"] == {"results": order[:5].tolist(), "hits": hits[:5].tolist(),
+                                           "positive_rank": int(hits.int().argmax()) if hits.any() else None}, way
+            checked += 1
+            reordered += example["reranked"]["results"] != example["results"]
+    assert checked == len(result["examples"]["image_queries"]) + len(result["examples"]["text_queries"]) == 16
+    assert reordered >= 8  # re-ranking changed most lists: the check tells the two rankings apart
