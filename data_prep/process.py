@@ -33,6 +33,7 @@ class ProcessOptions:
     max_pixels: int = Limits.max_image_pixels  # skip images whose header declares more (too_large), undecoded
     min_caption_words: int = 1     # drop captions with fewer words; a sample without captions left is skipped
     max_caption_words: int = 0     # drop captions with more words (0: no limit)
+    max_caption_bytes: int = Limits.max_caption_bytes  # skip a sample whose kept captions are longer (UTF-8)
     dedup: bool = True             # skip an image whose bytes equal an earlier one's
 
     def __post_init__(self):
@@ -61,6 +62,8 @@ def filter_captions(captions: list[str], options: ProcessOptions) -> tuple[list[
     words = [len(c.split()) for c in cleaned]
     kept = [c for c, n in zip(cleaned, words)
             if n >= options.min_caption_words and (options.max_caption_words <= 0 or n <= options.max_caption_words)]
+    if len("\n".join(kept).encode()) > options.max_caption_bytes:  # the trainer would skip its key.txt
+        return [], "caption_too_large"
     if kept:
         return kept, None
     return [], "caption_too_short" if min(words) < options.min_caption_words else "caption_too_long"

@@ -33,6 +33,7 @@ from ..errors import UserError
 from .limits import ImageTooLarge, Limits, open_image
 from .tar import IMAGE_EXTS, ShardError, shard_samples
 from .urls import count_samples, expand_sources
+from .worker_signals import leave_stop_signals_to_parent
 
 TEXT_EXTS = ("txt",)
 # Why data was skipped: per sample, and per shard (a broken shard counts once per pass, however it fails)
@@ -219,9 +220,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                         break  # the end of a virtual epoch
             if not self.repeat:
                 if items:  # evaluation keeps the last partial batch
-                    yield {**self._batch(items), "pos": (slot, epoch, batch_index + 1), "skipped": dict(skipped)}
-                if not items and batch_index == 0:
-                    yield {"pos": (slot, epoch, 0), "skipped": dict(skipped)}  # report counts of an empty slot
+                    batch_index += 1
+                    yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
+                # the final counts: what broke after the last batch (or in a slot with no batch) counts too
+                yield {"pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
                 return
             if batch_index == 0:  # a pass that yields nothing would loop forever
                 raise UserError(f"one pass over the shards of rank {self.rank} gave no full batch of "
@@ -270,7 +272,8 @@ class Loader:
     def __iter__(self) -> Iterator[dict]:
         dl = torch.utils.data.DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+            worker_init_fn=leave_stop_signals_to_parent)  # the training process handles SIGTERM/SIGINT
         for batch in dl:
             slot, epoch, index = batch.pop("pos")
             self._worker_skipped[slot] = batch.pop("skipped")

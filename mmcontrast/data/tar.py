@@ -34,7 +34,7 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
 _OCTAL = re.compile(rb"^[0-7]*$")
 _REGULAR = (b"0", b"\0", b"7")
-_COMPRESSED = ((b"\x1f\x8b", "gzip", gzip.GzipFile), (b"BZh", "bzip2", bz2.BZ2File),
+_COMPRESSED = ((b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", "bzip2", bz2.BZ2File),
                (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile))
 
 
