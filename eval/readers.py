@@ -1,4 +1,4 @@
-"""Readers for the benchmark files users already have (formats in ``EVAL.md``).
+"""Readers for the benchmark files users already have (their layouts: ``docs/evaluation.md``).
 
 Retrieval: Karpathy split JSON (``dataset_flickr30k.json``, ``dataset_coco.json``,
 ``dataset_flickr8k.json``), COCO captions JSON + image root, CLIP_benchmark's Flickr txt, BLIP/ALBEF

@@ -1,6 +1,6 @@
 """Re-ranking retrieval candidates with the image–text matching head of a model with fusion blocks.
 
-The ALBEF/BLIP convention (``EVAL.md``; ALBEF ``Retrieval.py`` with ``k_test``): each query's top K
+The ALBEF/BLIP convention (``docs/evaluation.md``; ALBEF ``Retrieval.py`` with ``k_test``): each query's top K
 candidates by dual-encoder similarity are re-scored with the ITM head and ranked by that score; every
 other candidate ranks after them (ALBEF fills their cells with −100). Recall@k for k ≤ K follows.
 The score is BLIP's (ITM score + similarity) in the form the fusion objectives train

@@ -1,4 +1,4 @@
-"""Partitioned-attention fusion blocks on top of the two towers (METHODS.md §6.1, §10).
+"""Partitioned-attention fusion blocks on top of the two towers (``docs/fusion.md``).
 
 Zorro (Recasens et al. 2023, "Zorro: the masked multimodal transformer", arXiv 2301.09595) routes
 tokens with attention masks so that part of the representation stays modality-pure. Here a few of

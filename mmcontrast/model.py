@@ -1,6 +1,6 @@
 """Dual-encoder models: open_clip's ``CLIP`` / ``CustomTextCLIP`` built from a ``model_cfg``.
 
-The model interface every loader returns (``DESIGN.md``):
+The model interface every loader returns (``docs/design.md``):
 ``encode_image(image, normalize=False)`` → [B, D], ``encode_text(text, normalize=False)`` → [B, D],
 ``forward(image, text)`` → ``{"image_features", "text_features", "logit_scale"[, "logit_bias"]}``.
 ``logit_scale`` is the learnable log-temperature t, initialised to log(1/0.07) (Radford et al. 2021).

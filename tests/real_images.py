@@ -1,4 +1,4 @@
-"""A real-image benchmark fixture from photos that ship inside PyPI wheels (EVAL.md), in every format.
+"""A real-image benchmark fixture from photos that ship inside PyPI wheels (offline), in every format.
 
 Fifteen photos from scikit-image, scikit-learn and matplotlib with hand-written captions (2–3 each),
 written as a Karpathy Flickr JSON, a Karpathy COCO JSON, a COCO captions JSON, CLIP_benchmark's

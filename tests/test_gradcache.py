@@ -1,4 +1,4 @@
-"""GradCache (METHODS.md §2): chunked gradients equal one full-batch backward, in one and two processes."""
+"""GradCache (Gao et al. 2021): chunked gradients equal one full-batch backward, in one and two processes."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_open_clip_model_with_patch_dropout():
 
 
 def test_open_clip_style_accumulation_gives_k_times_the_scale_gradient():
-    """Documenting test (METHODS.md §2): re-forwarding chunk j against the others' cached features and
+    """Documenting test (OpenCLIP's ``--accum-freq``): re-forwarding chunk j against the others' cached features and
     back-propagating the whole loss each time gives exact encoder gradients but k× the logit-scale gradient."""
     k, batch, objective = 4, _batch(), mc.make_objective("clip")
     model = TwoTowerMLP().eval()  # no dropout: the accumulation has no random-state replay

@@ -1,4 +1,5 @@
-"""InfoNCE identities (METHODS.md §1.1, items 1–8), in one process and across two gloo processes."""
+"""InfoNCE identities (closed forms, symmetry, gradients, the clamp, the distributed modes), in one process
+and across two and four gloo processes."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def _worker(rank, world):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_distributed_modes_match_single_process(world):
-    """(T,T) and (F,T) give the exact loss and gradients; (F,F) gives gradients ×1/W (METHODS §1.1.7)."""
+    """(T,T) and (F,T) give the exact loss and gradients; (F,F) gives gradients ×1/W (open_clip #616)."""
     img, txt = _data()
     loss, gi, gt, gs = _grads(img, txt, 12.0)
     results = run_workers(_worker, world)

@@ -1,4 +1,4 @@
-"""The library never imports accelerate, argparse or the programs above it (DESIGN.md)."""
+"""The library never imports accelerate, argparse or the programs above it (``docs/design.md``)."""
 
 from __future__ import annotations
 

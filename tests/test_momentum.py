@@ -1,4 +1,4 @@
-"""Momentum teacher, queues and ALBEF distillation (METHODS.md §3, tests 1–7), and in the trainer."""
+"""Momentum teacher (EMA), queues (FIFO, wrap-around) and ALBEF distillation identities, and in the trainer."""
 
 from __future__ import annotations
 

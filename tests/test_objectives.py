@@ -1,4 +1,4 @@
-"""Identities of METHODS.md §1.2 (SigLIP), §4 (hard negatives) and §5.3 (multi-positive)."""
+"""Identities of SigLIP, the hard-negative objectives and multi-positive targets (``docs/objectives.md``)."""
 
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ def test_two_processes_equal_one_process_for_every_objective():
 
 
 def test_sampled_itm_negatives_never_hit_a_positive_and_follow_the_softmax():
-    """METHODS.md §4 test 7: 10⁴ draws per row, no positive drawn, frequencies pass a χ² test."""
+    """ALBEF/BLIP ITM sampling: 10⁴ draws per row, no positive drawn, frequencies pass a χ² test."""
     from scipy.stats import chisquare
 
     from mmcontrast.objectives import sample_hard_negatives

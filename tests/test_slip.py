@@ -1,4 +1,4 @@
-"""SLIP (METHODS.md §5.1): NT-Xent against its 2N-sample definition, two processes = one, and training."""
+"""SLIP (Mu et al. 2022): NT-Xent against its 2N-sample definition, two processes = one, and training."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ Language Supervision"), with OpenCLIP's distributed modes and multi-positive tar
 
     L = ½ [ CE(s·U Vᵀ, T) + CE(s·V Uᵀ, Tᵀ) ]     U, V: L2-normalised features; s = exp(t)
 
-T is the identity, or with sample ids the row-normalised same-id mask M_ij / Σ_k M_ik (METHODS.md
-§5.3, SupCon's "L_out" averaging; ALBEF/BLIP's ``sim_targets``): several captions of one image in a
+T is the identity, or with sample ids the row-normalised same-id mask M_ij / Σ_k M_ik (SupCon's
+"L_out" averaging; ALBEF/BLIP's ``sim_targets``): several captions of one image in a
 batch are positives of each other, not negatives. With unique ids it is exactly InfoNCE.
 """
 

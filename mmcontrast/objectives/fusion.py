@@ -1,4 +1,4 @@
-"""Objectives on the fusion stream of a model with partitioned-attention blocks (METHODS.md §4.5, §6.1, §10).
+"""Objectives on the fusion stream of a model with partitioned-attention blocks (``docs/fusion.md``).
 
 ``WithFusion`` wraps the pure-embedding objective (CLIP, SigLIP, ...) and adds
 
@@ -14,8 +14,8 @@
 - **Listwise re-ranking loss** (LCE, Gao et al. 2021, arXiv 2101.08751): softmax cross-entropy of the
   score retrieval re-ranks by (ITM log-odds + s·cos) over each anchor's positive and n hard negatives,
   both directions (``WithFusion.rerank``).
-- **Zorro-style contrastive term** (Recasens et al. 2023, arXiv 2301.09595 — this project's adaptation,
-  METHODS.md §6.1): InfoNCE between g(z_F) and h([sg(z_I); sg(z_T)]) over the global batch at a fixed
+- **Zorro-style contrastive term** (Recasens et al. 2023, arXiv 2301.09595 — this project's adaptation
+  of the paper's fusion-output term): InfoNCE between g(z_F) and h([sg(z_I); sg(z_T)]) over the global batch at a fixed
   temperature; g, h are linear heads owned by this objective (training only). ``zorro_stop_grad``
   keeps this term from moving the pure embeddings.
 
@@ -44,7 +44,7 @@ def local_positives(b: int, ids: torch.Tensor | None, device: torch.device,
                     text: torch.Tensor | None = None) -> torch.Tensor:
     """[b, b] bool: pairs of the local batch that are positives — the diagonal, the same sample id, and
     (given the token rows) the same caption word for word: such a "negative" is a true match
-    (METHODS.md §4.5, duplicates in the batch are false negatives)."""
+    (ALBEF/BLIP: duplicates in the batch are false negatives)."""
     same = torch.eye(b, dtype=torch.bool, device=device) if ids is None else ids[:, None] == ids[None, :]
     if text is not None:
         same = same | (text[:, None, :] == text[None, :, :]).all(dim=-1)

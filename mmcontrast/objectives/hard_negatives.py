@@ -8,7 +8,7 @@ sample ids: no candidate with the anchor's id); ℓ₊ is the anchor's own pair.
   for Vision-Language Pre-Training", arXiv 2301.02280; reference: scenic ``hn_nce_loss``):
   L_i = −log e^{ℓ₊} / (α e^{ℓ₊} + Σ_{j∈neg} w_ij e^{ℓ_ij}),  w_ij = n·e^{βℓ_ij} / Σ_{k∈neg} e^{βℓ_ik}.
   α = 1, β = 0 is InfoNCE. The weights are not detached, as in the reference. β: sweep 0.1–0.5 (the
-  paper's value is unverified, METHODS.md §9).
+  paper's value is not confirmed).
 - ``HardNegativeHCL`` — Robinson et al. 2021, "Contrastive Learning with Hard Negative Samples"
   (code joshr17/HCL): importance weights e^{βℓ}, a debiasing term τ⁺ and the clamp at n·e^{−s}
   (the smallest value of Σ e^{ℓ} for cosines ≥ −1). β = 0 is the debiased loss of Chuang et al.

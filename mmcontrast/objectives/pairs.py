@@ -3,7 +3,7 @@
 ``local_loss=True`` (default): each rank scores its b anchors against the N gathered candidates
 (b×N logits, labels ``arange(b) + rank·b``). ``gather_with_grad=True`` (default): gradients flow
 to the features of every rank. ``local_loss`` without ``gather_with_grad`` is wrong — features
-would get gradient only as anchors, never as candidates (METHODS.md §1.1) — and is rejected.
+would get gradient only as anchors, never as candidates — and is rejected.
 
 Multi-positive: with sample ids (several captions of one image share an id), ``positives`` marks
 every candidate with the anchor's id; without ids it is the one-hot of ``labels``.

@@ -5,7 +5,7 @@
 
 Normalised by the number of images N, not N² (big_vision ``siglip.py``). The model must carry a
 learnable bias b (``init_logit_bias``; the paper starts at s = 10, b = −10, preset ``tiny-siglip``).
-With sample ids, z = 2M − 1 for the same-id mask M (METHODS.md §5.3).
+With sample ids, z = 2M − 1 for the same-id mask M: captions of one image are positives of each other.
 
 ``chunk_size`` > 0 computes the N candidates in chunks of that many columns, each recomputed in the
 backward pass (activation checkpointing): the loss and gradients are those of the full matrix,

@@ -10,7 +10,7 @@ the positive its own view-B embedding; L = (L_A + L_B)/2. Defaults c = 1, τ = 0
 
 This project's differences: the head reads the image embedding after the CLIP projection (SLIP reads
 the tower's pooled features before it), the SimCLR negatives come from every rank through the
-gather with gradient (SLIP does that too; its CLIP term does not — METHODS.md §5.1), and the CLIP
+gather with gradient (SLIP does that too; its CLIP term does not — facebookresearch/SLIP #31), and the CLIP
 term is ``ClipLoss`` with its exact distributed mode. The head's BatchNorm keeps per-process
 statistics (SLIP uses SyncBN on GPUs). The data pipeline makes the two views only for this
 objective (``wants_views``); each sample costs three image-tower passes.
