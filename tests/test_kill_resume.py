@@ -79,3 +79,42 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(small_demo, tmp_path, 
         assert torch.equal(ref[k], got[k]), k
     kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert kept == [f"step_{STEPS - 2:07d}", f"step_{STEPS:07d}"]  # the last two, no leftover .tmp
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
+def test_sigterm_to_every_process_of_a_two_process_launch_with_a_data_worker_ends_in_a_checkpoint(small_demo,
+                                                                                                  tmp_path):
+    """As a scheduler stops a job: SIGTERM to the launcher, both ranks and their data workers at once. The ranks
+    agree on a step, write its checkpoint and exit with status 1, without a traceback; the only one printed is
+    the launcher's own (torch.distributed.elastic raises SignalException), outside this program."""
+    run = tmp_path / "run"
+    cmd = _command(small_demo, run, 2, "data.workers=1", "schedule.steps=1000", "checkpoint.every=0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # ranks on the CPU: Accelerator(cpu=True)
+    deadline = time.time() + 240
+    while max(_logged_steps(run), default=0) < 2:
+        assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "the run logged no step in time"
+        time.sleep(0.05)
+    everyone = [proc.pid, *_descendants(proc.pid)]
+    names = [Path(f"/proc/{p}/comm").read_text().strip() for p in everyone]
+    assert names.count("pt_data_worker") == 2, names  # one data worker per rank
+    for pid in everyone:
+        os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err[-3000:]
+    saved = sorted((run / "checkpoints").iterdir())
+    assert len(saved) == 1, saved
+    state = json.loads((saved[0] / "state.json").read_text())
+    assert state["world_size"] == 2 and (saved[0] / "rank1.pt").is_file()
+    assert f"stopped by signal at step {state['step']}; continue with --resume auto" in out
+    assert {r["world_size"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())} == {2}
+    assert not [line for line in err.splitlines() if line.startswith("[rank")], err[-3000:]  # a rank's traceback
+    assert "DataLoader worker" not in err
+    assert err.count("Traceback") == 1 and f"SignalException: Process {proc.pid} got signal: 15" in err, err[-3000:]

@@ -15,6 +15,8 @@ import yaml
 
 from mmcontrast.errors import UserError
 
+from .config_keys import closest_keys, describe_keys, shown
+
 
 @dataclass
 class ModelConfig:
@@ -43,7 +45,7 @@ class DataConfig:
     epoch_samples: int = 0          # with resampled: the virtual epoch in samples (0: the manifests' total)
     batch_size: int = 128           # per process; the global batch is batch_size × processes
     workers: int = 1                # data loader processes per training process
-    shuffle_buffer: int = 2000
+    shuffle_buffer: int = 2000      # samples held and drawn from at random, mixing shards (memory: this many)
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
@@ -58,7 +60,7 @@ class FusionObjectiveConfig:
     rerank_negatives: int = 7       # ...that n
     zorro_weight: float = 0.0       # Zorro-style InfoNCE between the fusion and the pure embeddings
     zorro_stop_grad: bool = True    # ...without moving the pure embeddings
-    zorro_temperature: float = 0.07
+    zorro_temperature: float = 0.07  # ...its temperature
 
 
 @dataclass
@@ -78,11 +80,11 @@ class StepConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 1e-3                # AdamW's peak learning rate, reached after schedule.warmup
     weight_decay: float = 0.1       # on ≥2-D weights only; never on gains, biases or logit_scale
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    beta1: float = 0.9              # AdamW's β1
+    beta2: float = 0.98             # AdamW's β2 (0.98 as in CLIP: steadier than 0.999 at large batches)
+    eps: float = 1e-6               # AdamW's ε
     grad_clip: float = 1.0          # max global grad norm; 0 disables
 
 
@@ -104,7 +106,7 @@ class EvalConfig:
     retrieval: str = "data/demo/retrieval"   # CLIP_benchmark webdataset dir; "" to skip
     rerank_k: int = 0               # with model.fusion: also re-rank each query's top K by the ITM head
     zeroshot: str = "data/demo/zeroshot"     # CLIP_benchmark webdataset dir; "" to skip
-    batch_size: int = 256
+    batch_size: int = 256           # images or captions per forward pass in evaluation
 
 
 @dataclass
@@ -123,7 +125,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    seed: int = 0
+    seed: int = 0                   # initial weights, data order and augmentation
     precision: str = "bf16"         # fp32 | bf16 (autocast; works on CPUs) | fp16 (GPU only)
 
 
@@ -168,7 +170,7 @@ def _build(cls, data: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown config key {prefix}{unknown[0]} (known in this section: {sorted(names)})")
+        raise unknown_key(prefix + str(unknown[0]))
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -179,14 +181,26 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def unknown_key(key: str) -> UserError:
+    """The error for a key no section has, suggesting the closest real ones across all sections."""
+    near = closest_keys(key, TrainConfig)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return UserError(f"unknown config key {shown(key)}{hint} (python -m training --help-config lists every key)")
+
+
+def help_config() -> str:
+    """Every config key with its type, default and meaning (``python -m training --help-config``)."""
+    return ("Config keys: set them in the YAML file (section: {key: value}) or as key.sub=value arguments.\n\n"
+            + describe_keys(TrainConfig))
+
+
 def _set_override(tree: dict, cls, key: str, raw: str) -> None:
     parts = key.split(".")
     node, node_cls = tree, cls
     for i, part in enumerate(parts):
         hints = typing.get_type_hints(node_cls)
         if part not in hints:
-            where = ".".join(parts[:i]) or "<root>"
-            raise UserError(f"unknown config key {key} (no {part!r} in {where}; known: {sorted(hints)})")
+            raise unknown_key(key)
         tp = hints[part]
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(tp):
@@ -198,7 +212,7 @@ def _set_override(tree: dict, cls, key: str, raw: str) -> None:
             return
         else:
             if not dataclasses.is_dataclass(tp):
-                raise UserError(f"unknown config key {key} ({'.'.join(parts[:i + 1])} is not a section)")
+                raise unknown_key(key)
             node = node.setdefault(part, {})
             node_cls = tp
 

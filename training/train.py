@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 import mmcontrast as mc
@@ -36,6 +37,7 @@ from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler
 from .report import write_report
+from .run_dir import claim_run_dir
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
@@ -165,8 +167,8 @@ class Trainer:
                         self.cfg.checkpoint.keep, to_dict(self.cfg), self.objective, a.scaler)
 
 
-def setup(cfg: TrainConfig, out: Path, resume: str | None) -> Trainer:
-    accelerator = make_accelerator(cfg.precision)
+def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelerator | None = None) -> Trainer:
+    accelerator = accelerator or make_accelerator(cfg.precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -248,9 +250,23 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
 
 
 def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
-          stop_after: int | None = None) -> dict:
-    """Run (or continue) training; returns the final evaluation. ``stop_after`` ends early with a checkpoint."""
-    t = setup(cfg, Path(output), resume)
+          stop_after: int | None = None, overwrite: bool = False) -> dict:
+    """Run (or continue) training; returns the final evaluation. ``stop_after`` ends early with a checkpoint;
+    ``overwrite`` starts over in a run directory that holds an earlier run (``run_dir.claim_run_dir``)."""
+    out = Path(output)
+    accelerator = make_accelerator(cfg.precision)
+    with claim_run_dir(out, resume, overwrite, accelerator.is_main_process, share_from_main):
+        return run(setup(cfg, out, resume, accelerator), stop_after)
+
+
+def share_from_main(value):
+    """The main process's ``value`` on every process (a collective)."""
+    return broadcast_object_list([value])[0]
+
+
+def run(t: Trainer, stop_after: int | None) -> dict:
+    """The training loop, then the final model directory, evaluation and report."""
+    cfg = t.cfg
     main, last = t.accelerator.is_main_process, min(cfg.schedule.steps, stop_after or cfg.schedule.steps)
     log = Logger(t.out / "metrics.jsonl", main)
     meter = Meter(cfg.data.batch_size * t.accelerator.num_processes)
