@@ -1,11 +1,13 @@
 """``[accelerate launch] python -m eval zeroshot|retrieval --model M --dataset D --output out.json``.
 
-M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:DIR`` (transformers). D is ``flickr30k``,
-``flickr8k`` or ``mscoco`` with ``--root DIR`` (the annotation file found is reported), or an
-explicit ``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``,
-``imagefolder:DIR``. Writes CLIP_benchmark-schema JSON to ``--output``, a Markdown table beside it
-(``.md``), and an HTML page with sample queries (retrieval) or a per-class bar chart (zero-shot).
-Under ``accelerate launch --num_processes N`` the encoding is split across the processes.
+M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:DIR`` (a local
+transformers directory; nothing is downloaded). D is ``flickr30k``, ``flickr8k`` or ``mscoco`` with
+``--root DIR`` (the annotation file found is reported), or an explicit ``wds:DIR``, ``karpathy:FILE``,
+``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR``. Writes CLIP_benchmark-schema
+JSON to ``--output``, a Markdown table beside it (``.md``), and an HTML page with sample queries
+(retrieval) or a per-class bar chart (zero-shot). Under ``accelerate launch --num_processes N`` the
+encoding is split across the processes. A broken model file, or weights holding NaN/inf (unless
+``--allow-nonfinite``), stop it with one line naming the file.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ TEMPLATE_SETS = ("openai", "simple")
 DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    """The program's options; nothing heavy is imported before they are parsed, so --help answers at once."""
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["zeroshot", "retrieval"])
-    p.add_argument("--model", required=True, help="model directory or openclip:ARCH")
-    p.add_argument("--pretrained", default=None, help="weights file for openclip:ARCH")
+    p.add_argument("task", choices=["zeroshot", "retrieval"],
+                   help="zeroshot: classify a labelled image set; retrieval: image↔text recall@K")
+    p.add_argument("--model", required=True,
+                   help="a model directory (training's final/, or open_clip_config.json + weights); "
+                        "openclip:NAME (an open_clip architecture or config .json) with --pretrained FILE; "
+                        "or hf:/local/dir, a transformers CLIP/SigLIP directory (local only: never downloaded)")
+    p.add_argument("--pretrained", default=None,
+                   help="openclip:NAME only: the weights file (.safetensors, or .bin/.pt read weights-only)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights holding NaN or inf (refused by default: they give chance-level numbers)")
     p.add_argument("--dataset", required=True, help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH")
     p.add_argument("--root", default=None, help="folder with the annotation file and the images")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split of a named dataset or a wds: directory (default: test)")
     p.add_argument("--output", required=True, help="result JSON path (.md and .html/.png written beside it)")
     p.add_argument("--classnames", default=None, help="zero-shot: class names file, one per line")
     p.add_argument("--templates", default=None,
@@ -41,13 +51,18 @@ def parse_args(argv):
     p.add_argument("--rerank-k", type=int, default=0,
                    help="retrieval with a fusion model: also re-rank each query's top K by the ITM head "
                         "(ALBEF/BLIP: Flickr 128, COCO 256); both results are reported")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
-    p.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts encoded at once (default: 256)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default: 2)")
+    p.add_argument("--precision", choices=list(DTYPES), default="fp32",
+                   help="autocast dtype while encoding; features are compared in fp32 (default: fp32)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "mmcontrast" / "embeddings"),
                    help="where embeddings are cached; '' disables the cache")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def choose_templates(spec: str | None, ds):
@@ -92,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         device = state.device
-    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device)
+    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device,
+                                           allow_nonfinite=args.allow_nonfinite)
     dtype = getattr(torch, DTYPES[args.precision]) if DTYPES[args.precision] else None
     cache = EmbeddingCache(args.cache_dir or None, writer=main_process)
     weights = Path(args.pretrained or args.model.removeprefix("hf:"))

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
-from open_clip.factory import load_checkpoint
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .durable import fsync, fsync_tree
 from .errors import UserError
-from .model import build_model
+from .model import build_model, resolve_package_path
+from .model_files import check_finite, check_fit, read_json_object, read_state_dict
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -88,7 +88,10 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 def read_meta(path: str | os.PathLike) -> dict:
     """A model directory's ``mmcontrast.json`` ({} for directories written by open_clip)."""
     meta_file = Path(path).expanduser() / META_NAME
-    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_json_object(meta_file) if meta_file.is_file() else {}
+    if not isinstance(meta.get("fusion", {}), dict):
+        raise UserError(f"{meta_file}: 'fusion' is not an object")
+    return meta
 
 
 def read_model_dir(path: str | os.PathLike) -> tuple[dict, Path]:
@@ -98,10 +101,14 @@ def read_model_dir(path: str | os.PathLike) -> tuple[dict, Path]:
     path = Path(path).expanduser()
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
-        raise UserError(f"{path} is not a model directory: {CONFIG_NAME} is missing")
-    config = json.loads(config_file.read_text())
-    if "model_cfg" not in config:
-        raise UserError(f"{config_file} has no 'model_cfg'")
+        hint = " (a weights file goes with openclip:ARCH and --pretrained)" if path.is_file() else ""
+        raise UserError(f"{path} is not a model directory: {CONFIG_NAME} is missing{hint}")
+    config = read_json_object(config_file)
+    if not isinstance(config.get("model_cfg"), dict):
+        raise UserError(f"{config_file} has no 'model_cfg' object (open_clip's layout: "
+                        f'{{"model_cfg": {{...}}, "preprocess_cfg": {{...}}}})')
+    if not isinstance(config.get("preprocess_cfg", {}), dict):
+        raise UserError(f"{config_file}: 'preprocess_cfg' is not an object")
     fusion = read_meta(path).get("fusion")
     if fusion is not None:
         config["model_cfg"]["fusion"] = fusion
@@ -115,23 +122,45 @@ def read_model_dir(path: str | os.PathLike) -> tuple[dict, Path]:
     return config, weights
 
 
-def load_model_dir(path: str | os.PathLike) -> torch.nn.Module:
+def build_from_config(model_cfg: dict, preprocess_cfg: dict | None, where: str | os.PathLike) -> torch.nn.Module:
+    """``build_model``, with a config it cannot build reported as one line naming ``where``.
+
+    A transformers text tower or tokenizer must be a local directory: open_clip would look any other name up
+    on the hub, and loading a model never reaches the network."""
+    text_cfg = model_cfg.get("text_cfg")
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        name = text_cfg.get(key) if isinstance(text_cfg, dict) else None
+        if name is not None and not (isinstance(name, str) and Path(resolve_package_path(name)).is_dir()):
+            raise UserError(f"{where}: text_cfg.{key} {str(name)[:200]!r} is not a local directory; a transformers "
+                            f"text tower is read from a local directory only (nothing is downloaded)")
+    try:
+        return build_model(model_cfg, preprocess_cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{where}: its model_cfg does not describe a model ({type(e).__name__}: {reason})") from None
+
+
+def load_model_dir(path: str | os.PathLike, allow_nonfinite: bool = False) -> torch.nn.Module:
     """A model from a model directory written here or by open_clip (config + weights)."""
     config, _ = read_model_dir(path)
-    model = build_model(config["model_cfg"], config.get("preprocess_cfg"))
-    load_dir_weights(model, path)
+    model = build_from_config(config["model_cfg"], config.get("preprocess_cfg"), Path(path) / CONFIG_NAME)
+    load_dir_weights(model, path, allow_nonfinite)
     return model.eval()
 
 
-def load_dir_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_dir_weights(model: torch.nn.Module, path: str | os.PathLike, allow_nonfinite: bool = False) -> None:
     """Load a model directory's weights into ``model``: the towers, and the extras when it has fusion blocks."""
     _, weights = read_model_dir(path)
-    load_weights(model, weights)
+    load_weights(model, weights, allow_nonfinite)
     if hasattr(model, "fusion"):
         extras = Path(path).expanduser() / EXTRAS_NAME
         if not extras.is_file():
             raise UserError(f"{path} has no {EXTRAS_NAME}: it holds no fusion blocks for this model")
-        state = {k.removeprefix(EXTRA_PREFIX): v for k, v in load_file(str(extras)).items()}
+        state = read_state_dict(extras)
+        if not allow_nonfinite:
+            check_finite(state, extras)
+        state = {k.removeprefix(EXTRA_PREFIX): v for k, v in state.items()}
+        check_fit(model.fusion.state_dict(), state, extras)
         model.fusion.load_state_dict(state, strict=True)
 
 
@@ -143,23 +172,59 @@ def warn_if_fusion_sibling(weights: str | os.PathLike) -> None:
                       f"embeddings are the pre-fusion ones, not what the model directory {Path(weights).parent} "
                       f"gives; load the directory itself to use the blocks", stacklevel=3)
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, allow_nonfinite: bool = False) -> None:
     """Load a ``.safetensors`` file, or a ``.bin``/``.pt`` through ``torch.load(weights_only=True)``.
 
-    A pickle that holds anything but tensors and plain containers is refused before any of its code
-    runs: unpickling arbitrary objects can execute code.
+    A file is validated before its tensors are read (``mmcontrast.model_files``); a pickle that holds anything
+    but tensors and plain containers is refused before any of its code runs. Weights holding NaN or inf are
+    refused unless ``allow_nonfinite``. A model with fusion blocks takes its towers from such a file.
     """
-    try:
-        # a model with fusion blocks takes the towers from such a file; its blocks stay as they are
-        incompatible = load_checkpoint(model, str(path), strict=not hasattr(model, "fusion"), weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1][:200]
-        raise UserError(f"{path} is a pickle that holds more than weights ({reason}); it was not loaded and none "
-                        f"of its code ran. If you trust its source, load it yourself and save the state_dict "
-                        f"with safetensors") from None
-    if not hasattr(incompatible, "missing_keys"):  # big_vision .npz weights: open_clip checks those itself
+    path = Path(path)
+    if path.suffix in (".npz", ".npy"):
+        _load_big_vision(model, path, allow_nonfinite)
         return
-    missing = [k for k in incompatible.missing_keys if not k.startswith(EXTRA_PREFIX)]
-    if missing or incompatible.unexpected_keys:
-        raise UserError(f"{path} does not fit this model's towers: missing {missing[:5]}, unexpected "
-                        f"{incompatible.unexpected_keys[:5]}")
+    state = read_state_dict(path)
+    if not allow_nonfinite:
+        check_finite(state, path)
+    state = openclip_layout(model, state)
+    check_fit(model.state_dict(), state, path, optional_prefix=EXTRA_PREFIX if hasattr(model, "fusion") else None)
+    model.load_state_dict(state, strict=not hasattr(model, "fusion"))
+
+
+def openclip_layout(model: torch.nn.Module, state: dict) -> dict:
+    """What ``open_clip.load_checkpoint`` does to a state dict before loading it: third-party layouts
+    converted, scalar/1-d logit scale and bias reconciled, position embeddings resized to the model's grid."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        ours = getattr(model, name, None)
+        if name in state and ours is not None and ours.ndim != state[name].ndim and state[name].numel() == 1:
+            state[name] = state[name].reshape(ours.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])  # a CLIP checkpoint for a SigLIP model
+    state.pop("text.transformer.embeddings.position_ids", None)
+    before = {k: state[k] for k in ("visual.positional_embedding", "positional_embedding") if k in state}
+    try:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        state.update(before)  # a grid that cannot be resized: check_fit names the mismatch
+    return state
+
+
+def _load_big_vision(model: torch.nn.Module, path: Path, allow_nonfinite: bool) -> None:
+    """big_vision (SigLIP) ``.npz`` weights, which open_clip maps and checks itself."""
+    from open_clip.convert import load_big_vision_weights
+
+    try:
+        load_big_vision_weights(model, str(path))
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path} is not big_vision weights that fit this model ({reason})") from None
+    if not allow_nonfinite:
+        check_finite(model.state_dict(), path)

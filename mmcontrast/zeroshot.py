@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 Templates = Sequence[str | Callable[[str], str]] | Mapping[str, Sequence[str]]
+Images = Image.Image | Sequence[Image.Image] | torch.Tensor  # one image, a list, or [N, 3, H, W] / [3, H, W]
 
 
 def class_prompts(classnames: Sequence[str], templates: Templates) -> list[list[str]]:
@@ -44,7 +45,9 @@ def build_class_weights(model, tokenizer, classnames: Sequence[str], templates: 
 
 
 class ZeroShotClassifier:
-    """Classify PIL images (or preprocessed tensors) into ``classnames`` with any loaded model."""
+    """Classify PIL images (or preprocessed tensors) into ``classnames`` with any loaded model.
+
+    ``predict(image)`` gives one class name, ``predict([images])`` a list; ``predict_proba`` likewise [C] or [N, C]."""
 
     def __init__(self, model, tokenizer, preprocess, classnames: Sequence[str], templates: Templates,
                  device: str | torch.device | None = None, batch_size: int = 64):
@@ -54,8 +57,10 @@ class ZeroShotClassifier:
         self.weights = build_class_weights(model, tokenizer, self.classnames, templates, self.device)
 
     @torch.no_grad()
-    def logits(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """[N, C] = 100 · normalize(image features) @ W."""
+    def logits(self, images: Images) -> torch.Tensor:
+        """[N, C] = 100 · normalize(image features) @ W; [C] for one image."""
+        if _is_single(images):
+            return self.logits([images] if isinstance(images, Image.Image) else images[None])[0]
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
@@ -64,9 +69,18 @@ class ZeroShotClassifier:
             out.append(100.0 * feats @ self.weights)
         return torch.cat(out)
 
-    def predict_proba(self, images) -> torch.Tensor:
-        """[N, C] class probabilities (softmax of the logits); rows sum to 1."""
+    def predict_proba(self, images: Images) -> torch.Tensor:
+        """[N, C] class probabilities (softmax of the logits), rows summing to 1; [C] for one image."""
         return self.logits(images).softmax(dim=-1)
 
-    def predict(self, images) -> list[str]:
-        return [self.classnames[i] for i in self.logits(images).argmax(dim=-1).tolist()]
+    def predict(self, images: Images) -> list[str] | str:
+        """The class name of each image: a list for a list or batch, one name for one image."""
+        best = self.logits(images).argmax(dim=-1)
+        if best.ndim == 0:
+            return self.classnames[int(best)]
+        return [self.classnames[i] for i in best.tolist()]
+
+
+def _is_single(images: Images) -> bool:
+    """One PIL image, or one preprocessed [3, H, W] tensor (a batch is [N, 3, H, W])."""
+    return isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.ndim == 3)

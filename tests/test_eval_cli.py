@@ -252,3 +252,28 @@ def test_re_ranked_sample_queries_equal_the_joint_run(real_retrieval):
             reordered += example["reranked"]["results"] != example["results"]
     assert checked == len(result["examples"]["image_queries"]) + len(result["examples"]["text_queries"]) == 16
     assert reordered >= 8  # re-ranking changed most lists: the check tells the two rankings apart
+
+
+@pytest.mark.parametrize("argv, status", [(["--help"], 0), (["zeroshot", "--help"], 0), (["retrieval", "--help"], 0),
+                                          (["zeroshot"], 2), (["rank", "--model", "m"], 2)])
+def test_help_and_argument_errors_import_nothing_heavy(argv, status):
+    """--help and a usage error answer before torch, open_clip, transformers or accelerate are imported."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = ['eval', *{argv!r}]\n"
+            "try:\n    runpy.run_module('eval', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as e:\n    status = e.code\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'accelerate', 'PIL') if m in sys.modules]\n"
+            "print(json.dumps({'status': status, 'heavy': heavy}), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert json.loads(proc.stderr.splitlines()[-1]) == {"status": status, "heavy": []}, proc.stderr
+    assert ("usage: python -m eval" in proc.stdout) == (status == 0)
+
+
+def test_every_option_has_help_and_the_model_option_names_every_form():
+    from eval.__main__ import build_parser
+
+    actions = build_parser()._actions
+    assert [a.dest for a in actions if not a.help] == []
+    model_help = next(a.help for a in actions if a.dest == "model")
+    for form in ("model directory", "openclip:NAME", "--pretrained", "hf:/local/dir"):
+        assert form in model_help, form

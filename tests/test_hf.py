@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +76,36 @@ def test_hf_model_works_with_the_zero_shot_classifier(hf_dir):
 def test_not_a_transformers_directory(tmp_path):
     with pytest.raises(UserError, match="config.json is missing"):
         mc.load(f"hf:{tmp_path}")
+
+
+NO_NETWORK = """
+import json, socket, sys
+attempts = []
+def deny(*args, **kwargs):
+    attempts.append(repr(args)[:200])
+    raise OSError("the test allows no network")
+socket.socket.connect = socket.getaddrinfo = socket.create_connection = deny
+import mmcontrast as mc
+model, preprocess, tokenizer = mc.load("hf:" + sys.argv[1])
+try:
+    mc.load("hf:openai/clip-vit-base-patch32")
+    refused = ""
+except mc.UserError as e:
+    refused = str(e)
+print(json.dumps({"attempts": attempts, "refused": refused}))
+"""
+
+
+def test_hf_never_reaches_the_network(hf_dir, tmp_path):
+    """With the hub's offline switches unset and every socket call failing: a local directory loads, a hub name is
+    refused as not a directory, and nothing tried to connect."""
+    folder, *_ = hf_dir
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # an empty cache: nothing to fall back on
+    proc = subprocess.run([sys.executable, "-c", NO_NETWORK, str(folder)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["attempts"] == []
+    assert out["refused"].startswith("hf:openai/clip-vit-base-patch32 is not a directory: hf: takes a local "
+                                     "transformers directory only and downloads nothing")

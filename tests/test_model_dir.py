@@ -139,3 +139,26 @@ def test_open_clip_written_directory_with_a_bin_file(tmp_path):
     assert torch.equal(pixels, _inputs(ref_preprocess, tokenizer)[0])
     for a, b in zip(_embed(ours, pixels, tokens), _embed(ref, pixels, tokens)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_every_layout_safetensors_writes_passes_the_header_checks(tmp_path):
+    """The validation refuses broken files only: empty, scalar, bf16, integer and bool tensors with metadata read back."""
+    from mmcontrast.model_files import read_safetensors_header, read_state_dict
+
+    tensors = {"empty": torch.zeros(0, 4), "scalar": torch.tensor(2.5), "half": torch.randn(3, 5).bfloat16(),
+               "ids": torch.arange(7), "mask": torch.tensor([True, False]), "u8": torch.arange(3, dtype=torch.uint8)}
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={"format": "pt", "note": "x"})
+    header = read_safetensors_header(tmp_path / "w.safetensors")
+    assert sorted(header) == sorted(tensors) and header["half"]["dtype"] == "BF16" and header["scalar"]["shape"] == []
+    back = read_state_dict(tmp_path / "w.safetensors")
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
+def test_finite_check_counts_exactly_and_survives_an_overflowing_sum():
+    from mmcontrast.model_files import check_finite
+
+    check_finite({"big": torch.full((10,), 6e4, dtype=torch.float16), "ids": torch.arange(3)}, "w")  # sum is inf
+    bad = torch.zeros(40, 50)
+    bad[0, :3], bad[1, 0] = float("nan"), float("-inf")
+    with pytest.raises(UserError, match=r"^w holds non-finite values in b \(4 of 2,000\) and 1 other tensor;"):
+        check_finite({"a": torch.ones(2), "b": bad, "c": torch.tensor([float("inf")]).bfloat16()}, "w")

@@ -45,6 +45,21 @@ def test_classifier_logits_equal_open_clip(tiny):
     assert clf.predict(images) == [CLASSES[i] for i in proba.argmax(dim=1).tolist()]
 
 
+def test_one_image_gives_one_label_and_one_row(tiny):
+    model, preprocess, tokenizer = tiny
+    clf = mc.ZeroShotClassifier(model, tokenizer, preprocess, CLASSES, mc.templates.SIMPLE)
+    images = _images(3)
+    labels, proba = clf.predict(images), clf.predict_proba(images)
+    assert isinstance(labels, list) and len(labels) == 3 and proba.shape == (3, len(CLASSES))
+    for i, image in enumerate(images):
+        label, row = clf.predict(image), clf.predict_proba(image)
+        assert isinstance(label, str) and label == labels[i]
+        assert row.shape == (len(CLASSES),)
+        torch.testing.assert_close(row, proba[i], atol=1e-6, rtol=0)
+        torch.testing.assert_close(clf.predict_proba(preprocess(image)), proba[i], atol=1e-6, rtol=0)  # [3, H, W]
+    assert clf.predict(torch.stack([preprocess(im) for im in images])) == labels  # [N, 3, H, W]
+
+
 def test_templates_are_the_openai_sets():
     assert len(mc.templates.OPENAI_IMAGENET) == 80 and len(mc.templates.SIMPLE) == 7
     assert mc.templates.OPENAI_IMAGENET[0] == "a bad photo of a {c}."
