@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mmcontrast.data.limits import Limits
 from mmcontrast.errors import run_main
 
 from .process import RESIZE_MODES, ProcessOptions
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     shards.add_argument("--min-caption-words", type=int, default=1)
     shards.add_argument("--max-caption-words", type=int, default=0, help="0: no limit")
     shards.add_argument("--no-dedup", action="store_true", help="keep images whose bytes equal an earlier one's")
+    shards.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels,
+                        help="skip images whose header declares more pixels (too_large), before decoding")
+    shards.add_argument("--max-caption-bytes", type=int, default=Limits.max_caption_bytes,
+                        help="skip samples whose captions are longer in UTF-8 (caption_too_large)")
     shards.add_argument("--shard-size", type=int, default=1000)
     shards.add_argument("--workers", type=int, default=2, help="processes decoding and encoding images")
     check = sub.add_parser("check", help="read every shard of DIR: counts against the manifest, every image "
@@ -54,6 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("dir")
     check.add_argument("--workers", type=int, default=2)
     check.add_argument("--json", default=None, help="also write the full report as JSON here")
+    for name, help in (("image-pixels", "images whose header declares more pixels: too_large"),
+                       ("caption-bytes", "a key.txt longer than this: caption_too_large"),
+                       ("file-bytes", "a file in a shard larger than this: file_too_large"),
+                       ("pax-bytes", "a pax header larger than this: the shard is corrupt")):
+        field = f"max_{name.replace('-', '_')}"
+        check.add_argument(f"--max-{name}", type=int, default=getattr(Limits, field), help=f"{help} (%(default)s)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import build_demo
@@ -67,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         import sys
 
         from .check import check_dir, format_report
-        report = check_dir(args.dir, workers=args.workers)
+        limits = Limits(args.max_image_pixels, args.max_caption_bytes, args.max_file_bytes, args.max_pax_bytes)
+        report = check_dir(args.dir, workers=args.workers, limits=limits)
         print(format_report(report))
         if args.json:
             with open(args.json, "w") as f:
@@ -83,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                          options=ProcessOptions(size=args.size, resize=args.resize, quality=args.quality,
                                                 min_size=args.min_size, max_aspect=args.max_aspect,
                                                 min_caption_words=args.min_caption_words,
-                                                max_caption_words=args.max_caption_words, dedup=not args.no_dedup))
+                                                max_caption_words=args.max_caption_words, dedup=not args.no_dedup,
+                                                max_pixels=args.max_image_pixels,
+                                                max_caption_bytes=args.max_caption_bytes))
         skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items()) or "nothing"
         shards = f"{len(m['shards'])} shard{'s' * (len(m['shards']) != 1)}"
         print(f"{m['total']} samples in {shards} in {args.out} (skipped: {skipped}); see {args.out}/report.md")

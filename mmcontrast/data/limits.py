@@ -11,8 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 
@@ -31,13 +30,18 @@ class Limits:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+
 class ImageTooLarge(ValueError):
     """An image whose header declares more pixels than allowed; nothing was decoded."""
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int) -> "Image.Image":
     """The image in ``data``, opened but not decoded (PIL reads the header only); ``ImageTooLarge``
     when width × height is above ``max_pixels``. Other failures raise what PIL raises."""
+    from PIL import Image  # here: the tar reader and data_prep's command line start without it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit replaces PIL's warning
         try:

@@ -26,14 +26,15 @@ from typing import BinaryIO, Callable, Iterator
 from .limits import Limits
 
 BLOCK = 512
+ZEROS = bytes(BLOCK)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # the fields a sample's image may be in, in order of preference
 MAX_NAME_BYTES = 4096   # a GNU long name (PATH_MAX); a longer one is a corrupt header
 MAX_MEMBERS = 10_000_000  # per shard; a stream of more empty headers is not a shard
 PIECE = 16 * 2**20      # members of unknown-length streams are read in pieces of at most this many bytes
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
-_OCTAL = re.compile(rb"^[0-7]*$")
 _REGULAR = (b"0", b"\0", b"7")
+_EXTENDED = (b"L", b"K", b"x", b"g")  # GNU long name and link name, pax header, pax global header
 _COMPRESSED = ((b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", "bzip2", bz2.BZ2File),
                (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile))
 
@@ -49,15 +50,17 @@ class ShardError(Exception):
 
 def _number(field: bytes, what: str, offset: int) -> int:
     """A header's numeric field: NUL/space-terminated octal, or GNU base-256 (first byte 0x80) for large values."""
-    if field[0] == 0x80:
-        return int.from_bytes(field[1:], "big")
-    if field[0] & 0x80:  # 0xff: a negative base-256 number
-        raise ShardError("corrupt_shard", f"negative {what} in the tar header at byte {offset}")
+    if field[0] & 0x80:
+        if field[0] == 0x80:
+            return int.from_bytes(field[1:], "big")
+        raise ShardError("corrupt_shard", f"negative {what} in the tar header at byte {offset:,}")  # 0xff: base-256 < 0
     digits = field.rstrip(b"\0 ").lstrip(b" ")
-    if not _OCTAL.match(digits):
-        raise ShardError("corrupt_shard", f"the {what} field of the tar header at byte {offset} is not an octal "
-                                          f"number ({field!r})")
-    return int(digits, 8) if digits else 0
+    if digits and not digits.translate(None, b"01234567"):  # octal digits only: no sign, no "_", no space inside
+        return int(digits, 8)
+    if not digits:
+        return 0
+    raise ShardError("corrupt_shard", f"the {what} field of the tar header at byte {offset:,} is not an octal "
+                                      f"number ({field!r})")
 
 
 class _Reader:
@@ -79,15 +82,15 @@ class _Reader:
         self.offset += n
         return data
 
-    def header(self) -> bytes:
-        """The next 512-byte header, or what is left of the stream when less."""
-        data = self.stream.read(BLOCK)
-        while 0 < len(data) < BLOCK:
-            more = self.stream.read(BLOCK - len(data))
-            if not more:
+    def rest_of_header(self, start: bytes) -> bytes:
+        """The rest of a 512-byte header whose first read returned ``start`` (a pipe's short read), or what is left."""
+        more = b""
+        while start and len(start) + len(more) < BLOCK:
+            piece = self.stream.read(BLOCK - len(start) - len(more))
+            if not piece:
                 break
-            data += more
-        return data
+            more += piece
+        return more
 
     def skip(self, n: int) -> None:
         if self.size is not None:
@@ -125,12 +128,15 @@ def tar_members(stream: BinaryIO, limits: Limits = Limits(), size: int | None = 
     more. Raises ``ShardError`` when the stream breaks or a header is wrong."""
     reader = _Reader(stream, size)
     next_name, next_size, members = None, None, 0
+    max_members, max_file = MAX_MEMBERS, limits.max_file_bytes  # locals: this loop runs once per member
     while True:
-        header = reader.header()
-        if not header or header == bytes(BLOCK):  # end of archive (or a stream cut at a member boundary)
+        header = stream.read(BLOCK)
+        if len(header) != BLOCK:
+            header += reader.rest_of_header(header)
+        if not header or header == ZEROS:  # end of archive (or a stream cut at a member boundary)
             return
         at = reader.offset
-        reader.offset += len(header)
+        reader.offset += BLOCK
         if len(header) < BLOCK:
             raise ShardError("truncated_shard", f"truncated tar: the header at byte {at:,} is cut short")
         checksum = _number(header[148:156], "checksum", at)
@@ -139,11 +145,11 @@ def tar_members(stream: BinaryIO, limits: Limits = Limits(), size: int | None = 
                 raise ShardError("corrupt_shard", "not a tar file (no tar header at its start)")
             raise ShardError("corrupt_shard", f"bad tar header checksum at byte {at:,}")
         members += 1
-        if members > MAX_MEMBERS:
-            raise ShardError("corrupt_shard", f"more than {MAX_MEMBERS:,} tar members")
+        if members > max_members:
+            raise ShardError("corrupt_shard", f"more than {max_members:,} tar members")
         kind = header[156:157]
         length = _number(header[124:136], "size", at) if next_size is None else next_size
-        if kind in (b"L", b"K", b"x", b"g"):  # headers for the next member: bounded, read whole
+        if kind in _EXTENDED:  # headers for the next member: bounded, read whole
             limit = MAX_NAME_BYTES if kind in (b"L", b"K") else limits.max_pax_bytes
             if length > limit:
                 what = "long name" if kind in (b"L", b"K") else "pax header"
@@ -169,17 +175,22 @@ def tar_members(stream: BinaryIO, limits: Limits = Limits(), size: int | None = 
             prefix = header[345:500].rstrip(b"\0") if header[257:262] == b"ustar" else b""
             if prefix:
                 name = prefix.decode("utf-8", "replace") + "/" + name
-        reader.check_room(length, name)
-        if kind not in _REGULAR:  # directories, links, devices: never data
-            reader.skip(length + -length % BLOCK)
+        padded = length + -length % BLOCK
+        if size is not None and reader.offset + length > size:
+            reader.check_room(length, name)
+        if kind not in _REGULAR or length > max_file:  # no data (directories, links), or too much
+            reader.skip(padded)
+            if kind in _REGULAR:
+                yield name, None
             continue
-        if length > limits.max_file_bytes:
-            reader.skip(length + -length % BLOCK)
-            yield name, None
-            continue
-        data = reader.read(length)
-        reader.skip(-length % BLOCK)
-        yield name, data
+        if size is not None:  # a plain local file: one read of data and padding, whose room was checked above
+            data = stream.read(padded)
+            reader.offset += padded
+            yield name, data[:length] if padded != length else data
+        else:
+            data = reader.read(length)
+            reader.skip(padded - length)
+            yield name, data
 
 
 def _open(url: str) -> tuple[BinaryIO, int | None, str]:
