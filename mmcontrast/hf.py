@@ -97,7 +97,7 @@ def load_hf(path: str | Path, allow_nonfinite: bool = False):
     if model_type not in ("clip", "siglip"):
         raise UserError(f"hf:{path} holds a {model_type!r} model; supported: ['clip', 'siglip']")
     weight_files = check_weight_files(path)
-    hf_model = _from_pretrained(path, model_type)
+    hf_model = load_hf_model(path, model_type)
     if not allow_nonfinite:
         check_finite(hf_model.state_dict(), ", ".join(str(f) for f in weight_files))
     processor, tokenizer = _processor_files(path)
@@ -148,7 +148,7 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def _from_pretrained(path: Path, model_type: str) -> torch.nn.Module:
+def load_hf_model(path: Path, model_type: str) -> torch.nn.Module:
     """The transformers model, refused unless every weight it has was in the files with the shape it has."""
     from transformers import CLIPModel, SiglipModel
 

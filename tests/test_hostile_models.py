@@ -387,3 +387,14 @@ def test_eval_prints_one_line_and_exits_2(case, saved, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("case", [hf_truncated, hf_missing_key, hf_wrong_shape], ids=lambda c: c.__name__)
+def test_convert_refuses_what_load_refuses(case, saved, tmp_path):
+    """``python -m mmcontrast.convert`` reads transformers weights through the same checks (transformers alone
+    would initialise a missing weight at random and write a model directory from it)."""
+    spec, _, expected = case(saved, tmp_path)
+    with pytest.raises(UserError) as caught:
+        mc.convert(spec.removeprefix("hf:"), tmp_path / "out")
+    assert expected.removeprefix(f"hf:{tmp_path / 'hf'}") in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from ..errors import UserError
 from ..model import build_model
 from ..model_dir import CONFIG_NAME, fresh_tmp_dir, load_model_dir, replace_dir, save_model_dir
+from ..model_files import read_json_object
 from ..transforms import preprocess_cfg_for
 
 # The open_clip tokenizer's special tokens, as transformers' CLIPTokenizer spells them.
@@ -183,18 +184,25 @@ def _hf_preprocess_cfg(src: Path, model_cfg: dict) -> dict:
     processor_file = src / "preprocessor_config.json"
     if not processor_file.is_file():
         return preprocess_cfg_for(model_cfg)
-    p = json.loads(processor_file.read_text())
+    p = read_json_object(processor_file)
     return preprocess_cfg_for(model_cfg, {k: tuple(p[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in p})
 
 
 def hf_to_model_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """A transformers CLIP directory → this project's (open_clip-loadable) model directory."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig
 
-    src = Path(src)
-    config = CLIPConfig.from_pretrained(src, local_files_only=True)
+    from ..hf import check_weight_files, load_hf_model
+
+    src = Path(src).resolve()
+    try:
+        config = CLIPConfig.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{src / 'config.json'} is not a CLIP config ({(str(e).splitlines() or [''])[0][:200]})") \
+            from None
     _check_hf_config(config, str(src))
-    hf = CLIPModel.from_pretrained(src, local_files_only=True)
+    check_weight_files(src)
+    hf = load_hf_model(src, "clip")  # refuses weights missing from the files or of another shape
     model_cfg = hf_config_to_model_cfg(config)
     model = build_model(model_cfg, _hf_preprocess_cfg(src, model_cfg))
     state = hf_to_openclip_state(hf.state_dict(), config.vision_config.num_hidden_layers,
@@ -237,7 +245,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         return model_dir_to_hf(src, dst)
     config_file = src / "config.json"
     if config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = read_json_object(config_file).get("model_type")
         if model_type != "clip":
             raise UserError(f"{src} holds a transformers {model_type!r} model; only 'clip' converts")
         return hf_to_model_dir(src, dst)
