@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,3 +221,22 @@ def test_a_second_trainer_is_refused_while_one_runs_and_a_killed_runs_lock_is_ta
     train(load_config(TINY[1], overrides), run, resume="auto", stop_after=step + 1)  # taken over
     assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()
     assert (run / "checkpoints" / f"step_{step + 1:07d}" / "state.json").is_file()
+
+
+def test_links_are_never_what_a_run_wrote(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("mine")
+    run = _earlier_run(tmp_path / "run")
+    shutil.rmtree(run / "final")
+    (run / "final").symlink_to(mine)
+    with pytest.raises(UserError, match=r"also holds final/: move them away"):
+        check_run_dir(run, None, True)
+    (run / "final").unlink()
+    (run / LOCK).unlink()
+    (run / LOCK).symlink_to(mine / "precious.txt")
+    with pytest.raises(UserError, match=f"cannot read the lock file {run / LOCK}"):
+        check_run_dir(run, "auto", False)
+    with pytest.raises(UserError, match=f"cannot write into run directory {run}"):
+        RunLock(run)
+    assert (mine / "precious.txt").read_text() == "mine"

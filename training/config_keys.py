@@ -2,7 +2,8 @@
 
 The comments in ``training/config.py`` are the documentation of every setting: ``describe_keys`` reads them
 from the source (a field's trailing comment, continued on the comment-only lines under it), so that
-``python -m training --help-config`` and the code cannot disagree. ``closest_keys`` suggests real keys
+``python -m training --help-config`` and the code cannot disagree (a comment-only line continues the field
+above it when indented deeper than the field; at the field's own depth it is nobody's). ``closest_keys`` suggests real keys
 for a mistyped one, across all sections (``train.steps`` → ``schedule.steps``).
 """
 
@@ -47,14 +48,16 @@ def field_comments(cls) -> dict[str, str]:
     names = {f.name for f in dataclasses.fields(cls)}
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     comments: dict[str, str] = {}
-    current, statement_start, line_start = None, True, True
+    current, column, statement_start, line_start = None, 0, True, True
     for i, tok in enumerate(tokens):
         if tok.type == tokenize.COMMENT:
             text = tok.string.lstrip("#").strip()
             if current and not line_start:          # beside the field
                 comments[current] = text
-            elif current in comments:               # a comment-only line under it continues it
+            elif current in comments and tok.start[1] > column:  # a comment-only line under it continues it
                 comments[current] += " " + text
+            else:
+                current = None
         elif tok.type == tokenize.NEWLINE:
             statement_start = line_start = True
         elif tok.type == tokenize.NL:
@@ -62,7 +65,7 @@ def field_comments(cls) -> dict[str, str]:
         elif tok.type not in (tokenize.INDENT, tokenize.DEDENT):
             if statement_start:
                 is_field = tok.type == tokenize.NAME and tok.string in names and tokens[i + 1].string == ":"
-                current = tok.string if is_field else None
+                current, column = (tok.string if is_field else None), tok.start[1]
             statement_start = line_start = False
     return comments
 

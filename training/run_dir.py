@@ -51,15 +51,16 @@ def _entries(out: Path) -> list[str]:
 
 
 def _foreign(out: Path, entries: list[str]) -> list[str]:
-    """The entries of ``out`` a run does not write, including anything but checkpoints in checkpoints/."""
+    """The entries of ``out`` a run does not write (a link never is one), and anything in checkpoints/ but
+    checkpoints."""
     foreign = []
     for entry in entries:
         name = entry.rstrip("/")
-        if RUN_FILES.get(name) != ("dir" if entry.endswith("/") else "file"):
+        if RUN_FILES.get(name) != ("dir" if entry.endswith("/") else "file") or (out / name).is_symlink():
             foreign.append(entry)
         elif name == "checkpoints":
             foreign += [f"checkpoints/{p.name}" for p in sorted((out / name).iterdir())
-                        if not (p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))]
+                        if p.is_symlink() or not (p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))]
     return foreign
 
 
@@ -67,9 +68,11 @@ def read_holder(out: Path) -> str | None:
     """Who holds the lock on ``out`` ("pid 12 on host since …"), or None when nobody does."""
     path = out / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise UserError(f"cannot read the lock file {path}: {e.strerror}") from None
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -129,10 +132,12 @@ def check_run_dir(out: Path, resume: str | None, overwrite: bool) -> None:
         raise UserError(f"--overwrite removes only what a run writes, and {out} also holds {_listing(foreign)}: "
                         f"move them away or choose another --output")
     if entries and not resume and not overwrite:
-        ways = (["continue that run with --resume auto"] if len(foreign) < len(entries) else []) + \
-               ["choose another --output"] + ([] if foreign else ["start over with --overwrite"])
-        raise UserError(f"run directory {out} is not empty ({_listing(entries)}): "
-                        f"{', '.join(ways[:-1])}{' or ' if len(ways) > 1 else ''}{ways[-1]}")
+        ways = ["continue that run with --resume auto"] if any(e not in foreign for e in entries) else []
+        ways.append("choose another --output")
+        if not foreign:
+            ways.append("start over with --overwrite")
+        either = " or ".join(filter(None, [", ".join(ways[:-1]), ways[-1]]))
+        raise UserError(f"run directory {out} is not empty ({_listing(entries)}): {either}")
 
 
 class RunLock:
@@ -141,7 +146,7 @@ class RunLock:
     def __init__(self, out: Path):
         try:
             out.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise UserError(f"cannot write into run directory {out}: {e.strerror}") from None
         try:
@@ -168,7 +173,10 @@ def remove_run_files(out: Path) -> None:
         path = out / name
         if name == LOCK or not path.exists():
             continue
-        shutil.rmtree(path) if kind == "dir" else path.unlink()
+        try:
+            shutil.rmtree(path) if kind == "dir" else path.unlink()
+        except OSError as e:
+            raise UserError(f"--overwrite cannot remove {e.filename or path}: {e.strerror}") from None
 
 
 @contextmanager
