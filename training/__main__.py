@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from mmcontrast.errors import UserError, run_main
+from mmcontrast.errors import run_main
 
 DESCRIPTION = """\
 Train a two-tower image-text model, or continue a run. The run directory RUN receives config.yaml,
@@ -55,13 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         print(help_config())
         return
     cfg = load_config(args.config, args.overrides)
-    from .run_dir import check_run_dir
-    try:
-        check_run_dir(Path(args.output), args.resume, args.overwrite)  # binding: the lock taken in train
-    except UserError:
-        if os.environ.get("RANK", "0") != "0":  # under a launcher every process stops; rank 0 says why
-            sys.exit(2)
-        raise
+    if os.environ.get("RANK", "0") == "0":  # the others learn the outcome from it in train (claim_run_dir)
+        from .run_dir import check_run_dir
+        check_run_dir(Path(args.output), args.resume, args.overwrite)  # an early look; train takes the lock
     from .train import train
     train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
 
