@@ -78,8 +78,8 @@ class HFPreprocess:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-INDEX_NAME = "model.safetensors.index.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # in the order transformers prefers them
 
 
 def load_hf(path: str | Path, allow_nonfinite: bool = False):
@@ -108,28 +108,33 @@ def load_hf(path: str | Path, allow_nonfinite: bool = False):
 
 
 def check_weight_files(path: Path) -> list[Path]:
-    """The directory's weight files, each ``.safetensors`` one validated before transformers reads it."""
+    """The directory's weight files (one, or the shards its index names), each validated before transformers
+    reads it."""
     name = next((n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if name is None:
         raise UserError(f"hf:{path} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
-    if name == "pytorch_model.bin":
-        read_state_dict(path / name)  # refuses a truncated, garbage or code-running pickle with its reason
-        return [path / name]
-    if name == "model.safetensors":
-        read_safetensors_header(path / name)
-        return [path / name]
-    weight_map = read_json_object(path / INDEX_NAME).get("weight_map")
+    files = [path / name] if not name.endswith(".index.json") else _index_shards(path / name)
+    for file in files:
+        if file.suffix == ".safetensors":
+            read_safetensors_header(file)
+        else:
+            read_state_dict(file)  # refuses a truncated, garbage or code-running pickle with its reason
+    return files
+
+
+def _index_shards(index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names: files beside it with the index's own weights suffix."""
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise UserError(f"{path / INDEX_NAME} has no 'weight_map' object")
+        raise UserError(f"{index} has no 'weight_map' object")
+    suffix = index.name.removesuffix(".index.json").rpartition(".")[2]
     shards = sorted(set(map(str, weight_map.values())))
     for shard in shards:
-        if Path(shard).name != shard or not shard.endswith(".safetensors"):
-            raise UserError(f"{path / INDEX_NAME} names {shard[:100]!r}: a shard is a .safetensors file in the "
-                            f"same directory")
-        if not (path / shard).is_file():
-            raise UserError(f"{path / INDEX_NAME} names {shard}, which is missing")
-        read_safetensors_header(path / shard)
-    return [path / shard for shard in shards]
+        if Path(shard).name != shard or not shard.endswith(f".{suffix}"):
+            raise UserError(f"{index} names {shard[:100]!r}: a shard is a .{suffix} file in the same directory")
+        if not (index.parent / shard).is_file():
+            raise UserError(f"{index} names {shard}, which is missing")
+    return [index.parent / shard for shard in shards]
 
 
 @contextlib.contextmanager

@@ -312,6 +312,27 @@ def hf_no_weights(saved, tmp):
     return f"hf:{d}", None, f"hf:{d} holds no weights: expected one of model.safetensors"
 
 
+def _sharded(saved, tmp: Path, shard_name: str) -> Path:
+    """The transformers directory with its weights as one shard behind an index naming ``shard_name``."""
+    d = _hf_dir(saved, tmp)
+    (d / HF_WEIGHTS).rename(d / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": {k: shard_name for k in saved["hf_state"]}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    return d
+
+
+def hf_index_names_a_missing_shard(saved, tmp):
+    d = _sharded(saved, tmp, "model-00002-of-00002.safetensors")
+    return f"hf:{d}", None, (f"{d / 'model.safetensors.index.json'} names model-00002-of-00002.safetensors, "
+                             f"which is missing")
+
+
+def hf_index_names_a_file_elsewhere(saved, tmp):
+    d = _sharded(saved, tmp, "../../elsewhere.safetensors")
+    return f"hf:{d}", None, (f"{d / 'model.safetensors.index.json'} names '../../elsewhere.safetensors': a shard is a "
+                             f".safetensors file in the same directory")
+
+
 def hf_missing_key(saved, tmp):
     d = _hf_dir(saved, tmp, _with(saved["hf_state"], text_projection__weight=None))
     return f"hf:{d}", None, f"hf:{d} does not fit its config.json: missing keys: text_projection.weight"
@@ -342,7 +363,8 @@ CASES = [truncated_header, truncated_data, header_only, shorter_than_its_length_
          fusion_extras_nan, openclip_pretrained_missing, openclip_pretrained_truncated,
          openclip_pretrained_nan_pt, openclip_pretrained_truncated_pt, openclip_pretrained_garbage_bin,
          openclip_pretrained_wrong_shape_pt, openclip_config_not_json, hf_without_config, hf_hub_name,
-         hf_config_not_json, hf_truncated, hf_no_weights, hf_missing_key, hf_unexpected_key, hf_wrong_shape, hf_nan]
+         hf_config_not_json, hf_truncated, hf_no_weights, hf_index_names_a_missing_shard,
+         hf_index_names_a_file_elsewhere, hf_missing_key, hf_unexpected_key, hf_wrong_shape, hf_nan]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -371,6 +393,11 @@ def test_the_saved_files_themselves_load(saved):
     assert torch.equal(hf_model.hf.visual_projection.weight, saved["hf_state"]["visual_projection.weight"])
     fusion_model, _, _ = mc.load(saved["fusion"])
     assert all(torch.equal(fusion_model.state_dict()[k], v) for k, v in saved["extras"].items())
+
+
+def test_a_sharded_transformers_directory_loads(saved, tmp_path):
+    model, _, _ = mc.load(f"hf:{_sharded(saved, tmp_path, 'model-00001-of-00001.safetensors')}")
+    assert torch.equal(model.hf.text_projection.weight, saved["hf_state"]["text_projection.weight"])
 
 
 @pytest.mark.parametrize("case", [truncated_header, nan_weights, openclip_pretrained_garbage_bin, hf_hub_name],
