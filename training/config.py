@@ -50,6 +50,10 @@ class DataConfig:
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
     max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable
+    max_image_pixels: int = 50_000_000  # width × height read from the image header; above: skipped (too_large)
+    max_caption_bytes: int = 65_536     # a key.txt above this: skipped (caption_too_large)
+    max_file_bytes: int = 268_435_456   # one file in a shard (256 MiB); above: read past, skipped (file_too_large)
+    max_pax_bytes: int = 1_048_576      # one pax header in a shard; above: the shard is corrupt (corrupt_shard)
 
 
 @dataclass

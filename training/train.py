@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 import mmcontrast as mc
+from mmcontrast.data.limits import Limits
 from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS, decode_size_for
 from mmcontrast.distributed import average_gradients
 from mmcontrast.errors import UserError
@@ -199,7 +200,9 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
                             weights=cfg.data.weights, epoch_samples=cfg.data.epoch_samples,
                             trim_text=text_trimmable(model),
                             decode_size=decode_size_for(max(as_pair(model.preprocess_cfg["size"])),
-                                                        min(cfg.data.crop_scale)))
+                                                        min(cfg.data.crop_scale)),
+                            limits=Limits(cfg.data.max_image_pixels, cfg.data.max_caption_bytes,
+                                          cfg.data.max_file_bytes, cfg.data.max_pax_bytes))
     normalize = Uint8Normalize(model.preprocess_cfg["mean"], model.preprocess_cfg["std"])
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler, objective, loader, step, normalize)
 
