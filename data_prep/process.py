@@ -14,12 +14,16 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from mmcontrast.data.images import to_rgb
 from mmcontrast.data.limits import ImageTooLarge, Limits, open_image
 from mmcontrast.errors import UserError
 
 RESIZE_MODES = ("shorter", "center_crop", "longer", "none")
 _C0 = re.compile(r"[\x00-\x1f\x7f]")  # before ftfy, which would delete them and join the words around
-_INVISIBLE = re.compile(r"[\x80-\x9f\u200b-\u200f\u2028\u2029\ufeff]")  # after: C1 bytes may be mojibake
+_INVISIBLE = re.compile(r"[\x80-\x9f\u200b-\u200d\u2028\u2029\ufeff]")  # after: C1 bytes may be mojibake
+# bidirectional controls (marks, embeddings, overrides, isolates): a right-to-left override shows
+# "gpj.exe" as "exe.jpg"; removed without a space, since they sit inside words
+_BIDI = re.compile(r"[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,10 @@ class ProcessOptions:
 
 def clean_caption(text: str) -> str:
     """Mojibake and HTML entities fixed (as open_clip's tokenizer does: ftfy, then html.unescape twice),
-    control and zero-width characters removed, whitespace runs made one space."""
+    control, zero-width and bidirectional control characters removed, whitespace runs made one space."""
     import ftfy
     text = html.unescape(html.unescape(ftfy.fix_text(_C0.sub(" ", text))))
-    return " ".join(_INVISIBLE.sub(" ", text).split())
+    return " ".join(_BIDI.sub("", _INVISIBLE.sub(" ", text)).split())
 
 
 def filter_captions(captions: list[str], options: ProcessOptions) -> tuple[list[str], str | None]:
@@ -111,10 +115,7 @@ def process_image(source: str | bytes, options: ProcessOptions) -> dict:
             tw, th = target_size((w, h), options)
             # decode JPEG at a reduced DCT scale while that keeps ≥ 2× the target (PIL's thumbnail rule)
             im.draft("RGB", (2 * th, 2 * tw) if turned else (2 * tw, 2 * th))
-            if im.mode == "RGB":
-                im.load()  # convert() to the same mode would copy every pixel
-            else:
-                im = im.convert("RGB")
+            im = to_rgb(im)  # 16-bit images scaled to 8 bits, not clipped
             if orientation in _TRANSPOSE:  # the same table as PIL.ImageOps.exif_transpose
                 im = im.transpose(_TRANSPOSE[orientation])
             if im.size != (tw, th):

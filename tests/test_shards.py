@@ -107,6 +107,15 @@ def test_caption_clean_up():
     assert clean_caption("   ") == ""
 
 
+@pytest.mark.parametrize("char", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067",
+                                  "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"])
+def test_caption_clean_up_removes_bidirectional_controls(char):
+    # a right-to-left override makes "photo of a cat gpj.exe" display as "photo of a cat exe.jpg"
+    assert clean_caption(f"photo of a cat {char}gpj.exe") == "photo of a cat gpj.exe"
+    assert clean_caption(f"ab{char}cd {char} ef{char}") == "abcd ef"  # inside words: no space left behind
+    assert clean_caption(f"\u0645\u0631\u062d\u0628\u0627{char}") == "\u0645\u0631\u062d\u0628\u0627"  # Arabic itself kept
+
+
 def test_resize_modes_and_exif_orientation(tmp_path):
     path = _image(tmp_path / "x.jpg", 200, 100, 0)
     size = lambda out: Image.open(io.BytesIO(out["jpg"])).size  # noqa: E731

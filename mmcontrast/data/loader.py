@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from .images import to_rgb
 from .limits import ImageTooLarge, Limits, open_image
 from .tar import IMAGE_EXTS, ShardError, shard_samples
 from .urls import count_samples, expand_sources
@@ -123,7 +124,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             if self.decode_size and img.format == "JPEG":
                 # libjpeg's DCT scaling: decode at 1/2, 1/4 or 1/8 size while both sides stay ≥ decode_size
                 img.draft("RGB", (self.decode_size, self.decode_size))
-            img = img.convert("RGB")  # forces the full decode, so truncated data fails here
+            img = to_rgb(img)  # forces the full decode, so truncated data fails here; 16-bit scaled
         except ImageTooLarge:
             skipped["too_large"] += 1
             return None
