@@ -8,12 +8,13 @@ and say which one was used. Explicit forms: ``wds:DIR``, ``karpathy:FILE``, ``co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from mmcontrast.errors import UserError
 
 from . import readers
-from .sets import ClassificationSet, RetrievalSet
+from .sets import ClassificationSet, RetrievalSet, check_classification
 
 # name → [(relative path, reader kind)] in the order they are tried
 KNOWN = {
@@ -58,8 +59,7 @@ def _read(fmt, path, root, split, classnames, templates, name=None):
     if fmt == "wds":
         ds = readers.read_wds(path, split)
         if isinstance(ds, ClassificationSet) and (classnames or templates):
-            names, prompts = readers.class_files(path, classnames, templates)
-            ds.classnames, ds.templates = names, prompts
+            ds = _replace_class_files(ds, Path(str(path).removeprefix("wds:")), classnames, templates)
     elif fmt == "karpathy":
         ds = readers.read_karpathy(path, root, split)
     elif fmt == "coco":
@@ -73,3 +73,12 @@ def _read(fmt, path, root, split, classnames, templates, name=None):
     if name:
         ds.name = name
     return ds
+
+
+def _replace_class_files(ds: ClassificationSet, root: Path, classnames, templates) -> ClassificationSet:
+    """``ds`` with the user's class names or templates; the names must be as many as the set's own."""
+    names, prompts = readers.class_files(root, classnames, templates)
+    if classnames and len(names) != len(ds.classnames):
+        raise UserError(f"--classnames {classnames}: {len(names):,} class names, but {root / 'classnames.txt'} "
+                        f"has {len(ds.classnames):,}; the labels index the set's own classes, in its order")
+    return check_classification(replace(ds, classnames=names, templates=prompts), str(classnames or root))

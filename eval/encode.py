@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmcontrast.errors import UserError
+
 from .distributed import gather_rows, my_indices, rank_and_world
 from .sets import FileImages, WdsImages
 
@@ -73,3 +75,15 @@ def encode_texts(model, tokenizer: Callable, texts: list[str], batch_size: int, 
             feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     local = torch.cat(feats) if feats else torch.empty(0, 0)
     return gather_rows(local, len(texts))
+
+
+def check_finite(features: torch.Tensor, what: str, rows: str) -> torch.Tensor:
+    """``features`` if every value is finite; else one line saying how many of its ``rows`` hold NaN or inf.
+
+    A non-finite feature ranks arbitrarily: the metrics would come out near chance, with exit status 0."""
+    bad = ~torch.isfinite(features).all(dim=-1) if features.ndim > 1 else ~torch.isfinite(features)
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise UserError(f"the model's {what} hold NaN or inf for {n_bad:,} of {len(bad):,} {rows}; "
+                        "the weights may be broken (a diverged run?): no metric computed from them")
+    return features

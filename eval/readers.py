@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from mmcontrast.data.annotations import coco_entries, karpathy_entries, read_json
+from mmcontrast.data.annotations import caption_text, coco_entries, karpathy_entries, read_json
 from mmcontrast.errors import UserError
-from mmcontrast.templates import OPENAI_IMAGENET, read_lines
+from mmcontrast.templates import OPENAI_IMAGENET, read_lines, template_problem
 
-from .sets import IMAGE_EXTS, ClassificationSet, FileImages, RetrievalSet, WdsImages, wds_samples
+from .sets import (IMAGE_EXTS, ClassificationSet, FileImages, RetrievalSet, WdsImages, check_classification,
+                   check_retrieval, wds_samples)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+MAX_SHARDS = 100_000  # nshards.txt above this is not a benchmark (ImageNet-1k's test split has 50)
+MAX_LABEL_BYTES = 32  # a .cls file holds one class index
 
 
 def _find_image(root: Path, candidates: list[str]) -> Path:
@@ -50,16 +53,17 @@ def read_karpathy(path: str | Path, root: str | Path, split: str = "test", name:
     data = read_json(path)
     entries = karpathy_entries(data, path, {split})
     paths = _resolve_all(Path(root), [e["candidates"] for e in entries])
-    return RetrievalSet(name or data.get("dataset", Path(path).stem), str(path), FileImages(paths),
-                        [e["captions"] for e in entries], [e["id"] for e in entries])
+    dataset = data.get("dataset")
+    return check_retrieval(RetrievalSet(name or (dataset if isinstance(dataset, str) else Path(path).stem), str(path),
+                                        FileImages(paths), [e["captions"] for e in entries], [e["id"] for e in entries]))
 
 
 def read_coco_captions(path: str | Path, root: str | Path, name: str = "mscoco_captions") -> RetrievalSet:
     """COCO captions JSON (``images`` with ``id``/``file_name``, ``annotations`` with ``image_id``/``caption``)."""
     entries = coco_entries(read_json(path), path)
     paths = _resolve_all(Path(root), [e["candidates"] for e in entries])
-    return RetrievalSet(name, str(path), FileImages(paths), [e["captions"] for e in entries],
-                        [e["id"] for e in entries])
+    return check_retrieval(RetrievalSet(name, str(path), FileImages(paths), [e["captions"] for e in entries],
+                                        [e["id"] for e in entries]))
 
 
 def read_flickr_txt(path: str | Path, root: str | Path, name: str = "flickr30k") -> RetrievalSet:
@@ -67,7 +71,10 @@ def read_flickr_txt(path: str | Path, root: str | Path, name: str = "flickr30k")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"annotation file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); annotation files are UTF-8") from None
     by_image: OrderedDict[str, list[str]] = OrderedDict()
     for n, line in enumerate(lines, start=2):
         if not line.strip():
@@ -77,7 +84,7 @@ def read_flickr_txt(path: str | Path, root: str | Path, name: str = "flickr30k")
         image, caption = line.split(".jpg,", 1)  # captions contain commas: split on the first ".jpg,"
         by_image.setdefault(image + ".jpg", []).append(caption.strip())
     paths = _resolve_all(Path(root), [[f, f"flickr30k-images/{f}", f"Images/{f}"] for f in by_image])
-    return RetrievalSet(name, str(path), FileImages(paths), list(by_image.values()), list(by_image))
+    return check_retrieval(RetrievalSet(name, str(path), FileImages(paths), list(by_image.values()), list(by_image)))
 
 
 def read_blip(path: str | Path, root: str | Path, name: str | None = None) -> RetrievalSet:
@@ -85,10 +92,15 @@ def read_blip(path: str | Path, root: str | Path, name: str | None = None) -> Re
     data = read_json(Path(path))
     if not isinstance(data, list) or not all(isinstance(d, dict) and "image" in d and "caption" in d for d in data):
         raise UserError(f"{path} is not a BLIP/ALBEF list (items need 'image' and 'caption')")
-    captions = [[c.strip() for c in (d["caption"] if isinstance(d["caption"], list) else [d["caption"]])]
-                for d in data]
+    bad = next((n for n, d in enumerate(data) if not isinstance(d["image"], str) or not d["image"]), None)
+    if bad is not None:
+        raise UserError(f"{path}: item {bad} has an 'image' that is not a path string")
+    captions = [[caption_text(c, f"{path}: item {n} ({d['image'][:80]!r})")
+                 for c in (d["caption"] if isinstance(d["caption"], list) else [d["caption"]])]
+                for n, d in enumerate(data)]
     paths = _resolve_all(Path(root), [[d["image"], Path(d["image"]).name] for d in data])
-    return RetrievalSet(name or Path(path).stem, str(path), FileImages(paths), captions, [d["image"] for d in data])
+    return check_retrieval(RetrievalSet(name or Path(path).stem, str(path), FileImages(paths), captions,
+                                        [d["image"] for d in data]))
 
 
 def read_wds(root: str | Path, split: str = "test") -> RetrievalSet | ClassificationSet:
@@ -96,38 +108,74 @@ def read_wds(root: str | Path, split: str = "test") -> RetrievalSet | Classifica
     root = Path(str(root).removeprefix("wds:"))
     if not root.is_dir():
         raise UserError(f"dataset not found: {root}")
-    nshards_file = root / split / "nshards.txt"
-    if not nshards_file.is_file():
-        raise UserError(f"{nshards_file} is missing: CLIP_benchmark's webdataset layout needs it")
-    shards = [str(root / split / f"{i}.tar") for i in range(int(nshards_file.read_text().strip()))]
+    shards = [str(root / split / f"{i}.tar") for i in range(_shard_count(root / split / "nshards.txt"))]
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise UserError(f"shard not found: {missing[0]} (nshards.txt lists {len(shards)})")
     type_file = root / "dataset_type.txt"
-    kind = type_file.read_text().strip() if type_file.is_file() else "classification"
+    kind = _small_text(type_file, 64) if type_file.is_file() else "classification"
     if kind not in ("retrieval", "classification"):
-        raise UserError(f"{type_file}: dataset type {kind!r} is not supported (retrieval or classification)")
+        raise UserError(f"{type_file}: dataset type {kind[:20]!r} is not supported (retrieval or classification)")
     keys, exts, targets = [], [], []
     for sample in wds_samples(shards):
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        where = f"{sample['__url__']}: sample {sample['__key__']}"
+        where = f"{sample['__url__']}: sample {str(sample['__key__'])[:80]!r}"
         if ext is None:
             raise UserError(f"{where} has no image")
-        if kind == "retrieval":
-            if "txt" not in sample:
-                raise UserError(f"{where} has no .txt captions")
-            targets.append([c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()])
-        else:
-            if "cls" not in sample:
-                raise UserError(f"{where} has no .cls label")
-            targets.append(int(sample["cls"].decode().strip()))
+        targets.append(_wds_captions(sample, where) if kind == "retrieval" else _wds_label(sample, where))
         keys.append(sample["__key__"])
         exts.append(ext)
     images = WdsImages(shards, keys, exts)
     if kind == "retrieval":
-        return RetrievalSet(root.name, str(root), images, targets, keys)
+        return check_retrieval(RetrievalSet(root.name, str(root), images, targets, keys))
     classnames, templates = class_files(root)
-    return ClassificationSet(root.name, str(root), images, targets, classnames, templates, keys)
+    return check_classification(ClassificationSet(root.name, str(root), images, targets, classnames, templates, keys),
+                                str(root / "classnames.txt"))
+
+
+def _small_text(path: Path, limit: int) -> str:
+    """The stripped text of a file that holds one short word or number; one line if it does not."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or len(data) > limit:
+        raise UserError(f"{path} is not one short line of UTF-8 text; is it the file CLIP_benchmark wrote?")
+    return text
+
+
+def _shard_count(path: Path) -> int:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: CLIP_benchmark's webdataset layout needs it")
+    text = _small_text(path, 32)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SHARDS:
+        raise UserError(f"{path} should hold the number of shards, 1 to {MAX_SHARDS:,}; it holds {text[:20]!r}")
+    return int(text)
+
+
+def _wds_captions(sample: dict, where: str) -> list[str]:
+    """A retrieval sample's captions, one per line of its ``.txt``; invalid UTF-8 stops (never a guessed caption)."""
+    if "txt" not in sample:
+        raise UserError(f"{where} has no .txt captions")
+    try:
+        text = sample["txt"].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: its .txt captions are not UTF-8 (byte {e.start}); rebuild the shard") from None
+    return [c.strip() for c in text.splitlines() if c.strip()]
+
+
+def _wds_label(sample: dict, where: str) -> int:
+    """A classification sample's class index from its ``.cls`` (a non-negative integer; the range is checked later)."""
+    if "cls" not in sample:
+        raise UserError(f"{where} has no .cls label")
+    data = sample["cls"]
+    text = data[:MAX_LABEL_BYTES].decode("utf-8", errors="replace").strip()
+    digits = text[1:] if text.startswith("-") else text  # a negative one is refused by the range check
+    if len(data) > MAX_LABEL_BYTES or not digits.isascii() or not digits.isdigit():
+        raise UserError(f"{where}: its .cls label {text[:20]!r} is not an integer class index")
+    return int(text)
 
 
 def class_files(root: Path, classnames: str | Path | None = None, templates: str | Path | None = None):
@@ -136,22 +184,41 @@ def class_files(root: Path, classnames: str | Path | None = None, templates: str
     for f in (names_file, tmpl_file):
         if not f.is_file():
             raise UserError(f"{f} is missing: a classification set needs class names and templates")
-    return read_lines(names_file), read_templates(tmpl_file)
+    return read_classnames(names_file), read_templates(tmpl_file)
+
+
+def read_classnames(path: str | Path) -> list[str]:
+    """One class name per line, in label order; an empty file stops."""
+    names = read_lines(path)
+    if not names:
+        raise UserError(f"{path}: no class names (one per line, in label order)")
+    return names
 
 
 def read_templates(path: str | Path) -> list[str] | dict[str, list[str]]:
-    """One ``{c}`` template per line, or a CuPL-style JSON ``{classname: [prompts]}``."""
+    """One ``{c}`` template per line, or a CuPL-style JSON ``{classname: [prompts]}``; an empty file, a template
+    without ``{c}`` or with another placeholder, or a class with no prompts stops with one line."""
     path = Path(path)
     if path.suffix == ".json":
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: CuPL prompts must be a JSON object classname → list of prompts")
-        return data
+        return _cupl_prompts(read_json(path), path)
     templates = read_lines(path)
-    bad = [t for t in templates if "{c}" not in t]
-    if bad:
-        raise UserError(f"{path}: template {bad[0]!r} has no {{c}} placeholder")
+    if not templates:
+        raise UserError(f"{path}: no templates (one per line, each with {{c}} where the class name goes)")
+    for n, t in enumerate(templates):
+        problem = template_problem(t)
+        if problem:
+            raise UserError(f"{path}: template {n + 1} ({t[:60]!r}) {problem}")
     return templates
+
+
+def _cupl_prompts(data, path: Path) -> dict[str, list[str]]:
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: CuPL prompts must be a non-empty JSON object classname → list of prompts")
+    for name, prompts in data.items():
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise UserError(f"{path}: class {name[:60]!r} needs a non-empty list of prompt strings "
+                            "(an empty one gives the class NaN weights)")
+    return data
 
 
 def read_imagefolder(root: str | Path, classnames: str | Path | None = None,
@@ -170,10 +237,11 @@ def read_imagefolder(root: str | Path, classnames: str | Path | None = None,
         labels += [label] * len(files)
     names = [f.name.replace("_", " ") for f in folders]
     if classnames or (root / "classnames.txt").is_file():
-        names = read_lines(classnames or root / "classnames.txt")
+        names_file = classnames or root / "classnames.txt"
+        names = read_classnames(names_file)
         if len(names) != len(folders):
-            raise UserError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+            raise UserError(f"{names_file}: {len(names):,} class names for {len(folders):,} class folders in {root}")
     tmpl = templates or (root / "zeroshot_classification_templates.txt")
     prompts = read_templates(tmpl) if Path(tmpl).is_file() else list(OPENAI_IMAGENET)
-    return ClassificationSet(root.name, str(root), FileImages(paths), labels, names, prompts,
-                             [str(p.relative_to(root)) for p in paths])
+    return check_classification(ClassificationSet(root.name, str(root), FileImages(paths), labels, names, prompts,
+                                                  [str(p.relative_to(root)) for p in paths]))

@@ -11,7 +11,7 @@ import torch
 from mmcontrast.metrics import chance_metrics, retrieval_metrics
 
 from .cache import EmbeddingCache
-from .encode import encode_images, encode_texts
+from .encode import check_finite, encode_images, encode_texts
 from .rerank import rerank_metrics
 from .sets import RetrievalSet
 
@@ -62,6 +62,8 @@ def run_retrieval(model, preprocess, tokenizer, ds: RetrievalSet, batch_size: in
         text_features = cache.get_or_compute(f"{cache_key}-texts", captions)
     else:
         image_features, text_features = images(), captions()
+    check_finite(image_features, "image features", "images")
+    check_finite(text_features, "text features", "captions")
     text_to_image = torch.tensor(ds.text_to_image)
     if backend == "torch":
         metrics = retrieval_metrics(image_features, text_features, text_to_image, chunk_size=chunk_size)

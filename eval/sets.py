@@ -7,6 +7,7 @@ format the user had.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -123,6 +124,8 @@ class RetrievalSet:
 
     def first_captions(self, k: int) -> "RetrievalSet":
         """The same set keeping only the first ``k`` captions of each image (the "5 per image" protocol)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # caps[:-1] would drop each image's last one
+            raise UserError(f"--captions-per-image must be a positive number of captions to keep, got {k!r}")
         return replace(self, captions=[caps[:k] for caps in self.captions])
 
 
@@ -139,3 +142,48 @@ class ClassificationSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def check_retrieval(ds: RetrievalSet) -> RetrievalSet:
+    """``ds`` if every image has a caption and appears once; else one line naming the first offender and how many.
+
+    An image without captions, or a file listed twice, would count as misses: a lower recall, not an error."""
+    if not len(ds):
+        raise UserError(f"{ds.source}: no images; an evaluation needs at least one")
+    bare = [i for i, caps in enumerate(ds.captions) if not caps]
+    if bare:
+        raise UserError(f"{ds.source}: image {_name(ds, bare[0])} has no caption ({len(bare):,} of {len(ds):,} "
+                        "images have none); add captions or remove those images")
+    if isinstance(ds.images, FileImages):  # shard samples are told apart by position; files by path
+        first: dict[str, int] = {}
+        repeats = Counter()
+        for i, p in enumerate(ds.images.paths):
+            j = first.setdefault(str(Path(p).resolve()), i)
+            if j != i:
+                repeats[j] += 1
+        if repeats:
+            j = min(repeats)
+            raise UserError(f"{ds.source}: image {_name(ds, j)} ({Path(ds.images.paths[j]).name[:80]!r}) occurs "
+                            f"{repeats[j] + 1} times ({len(repeats):,} images repeated in all); each image must "
+                            "appear once, with all its captions")
+    return ds
+
+
+def check_classification(ds: ClassificationSet, names_from: str | None = None) -> ClassificationSet:
+    """``ds`` if it has images, class names, and every label is a class index; else one line naming the first bad label."""
+    names_from = names_from or ds.source
+    if not len(ds):
+        raise UserError(f"{ds.source}: no images; an evaluation needs at least one")
+    if not ds.classnames:
+        raise UserError(f"{names_from}: no class names")
+    n = len(ds.classnames)
+    bad = [i for i, y in enumerate(ds.labels) if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < n]
+    if bad:
+        raise UserError(f"{ds.source}: image {_name(ds, bad[0])} has label {str(ds.labels[bad[0]])[:20]}, not a class "
+                        f"index 0–{n - 1} of the {n:,} class names in {names_from} ({len(bad):,} of {len(ds):,} "
+                        "labels out of range); are the class names those of this set?")
+    return ds
+
+
+def _name(ds: RetrievalSet | ClassificationSet, i: int) -> str:
+    return repr(str(ds.ids[i])[:80]) if i < len(ds.ids) else f"#{i}"

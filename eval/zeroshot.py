@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import torch
 
+from mmcontrast.errors import UserError
 from mmcontrast.metrics import classification_metrics
-from mmcontrast.zeroshot import build_class_weights
+from mmcontrast.zeroshot import build_class_weights, class_prompts
 
 from .cache import EmbeddingCache
-from .encode import encode_images
-from .sets import ClassificationSet
+from .encode import check_finite, encode_images
+from .sets import ClassificationSet, check_classification
 
 
 def run_zeroshot(model, preprocess, tokenizer, ds: ClassificationSet, batch_size: int = 256,
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None, templates=None,
                  workers: int = 0, cache: EmbeddingCache | None = None, cache_key: str = "",
                  progress: bool = True) -> dict:
-    """{"metrics", "chance", "per_class_recall", "n", "classes", "predictions"}."""
+    """{"metrics", "chance", "per_class_recall", "n", "classes", "predictions"}; labels, prompts, image features
+    and class weights are checked first (one line, no metric, when any is unusable)."""
     device = torch.device(device)
 
     def encode():
         return encode_images(model, preprocess, ds.images, batch_size, device, dtype, workers,
                              desc=f"{ds.name}: images", progress=progress)
 
+    check_classification(ds)
+    prompts = ds.templates if templates is None else templates
+    try:
+        class_prompts(ds.classnames, prompts)  # what would give a class no prompt, or fail to format, stops here
+    except ValueError as e:
+        raise UserError(f"{ds.name}: the zero-shot prompts (--templates or the set's templates file): {e}") from None
     cache = cache or EmbeddingCache(None)
     image_features = cache.get_or_compute(f"{cache_key}-images", encode) if cache_key else encode()
-    weights = build_class_weights(model, tokenizer, ds.classnames, templates or ds.templates, device).cpu()
+    check_finite(image_features, "image features", "images")
+    weights = build_class_weights(model, tokenizer, ds.classnames, prompts, device).cpu()  # [D, C]
+    check_finite(weights.T, "class weights (from its text features)", "classes")
     logits = 100.0 * image_features @ weights                           # [N, C]
     target = torch.tensor(ds.labels)
     pred = logits.argmax(dim=1)

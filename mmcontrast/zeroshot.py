@@ -12,17 +12,35 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mmcontrast.templates import template_problem
+
 Templates = Sequence[str | Callable[[str], str]] | Mapping[str, Sequence[str]]
 Images = Image.Image | Sequence[Image.Image] | torch.Tensor  # one image, a list, or [N, 3, H, W] / [3, H, W]
 
 
 def class_prompts(classnames: Sequence[str], templates: Templates) -> list[list[str]]:
-    """Prompts per class: ``"{c}"`` strings, callables, or a CuPL-style dict classname → prompts."""
+    """Prompts per class: ``"{c}"`` strings, callables, or a CuPL-style dict classname → prompts.
+
+    A ``ValueError`` names what cannot give every class at least one prompt (no classes, no templates, a
+    class with an empty prompt list, a template without ``{c}`` or with another placeholder): an empty
+    list would average to NaN weights, and every image would be predicted as that class."""
+    if not classnames:
+        raise ValueError("no class names")
     if isinstance(templates, Mapping):
         missing = [c for c in classnames if c not in templates]
         if missing:
             raise ValueError(f"no prompts for classes {missing[:5]}")
+        for c in classnames:
+            prompts = templates[c]
+            if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+                raise ValueError(f"the prompts for class {c!r} are not a non-empty list of non-empty strings")
         return [list(templates[c]) for c in classnames]
+    if not templates:
+        raise ValueError("no templates")
+    for t in templates:
+        problem = None if callable(t) else template_problem(t) if isinstance(t, str) else "is not a string"
+        if problem:
+            raise ValueError(f"template {str(t)[:80]!r} {problem}")
     return [[t(c) if callable(t) else t.format(c=c) for t in templates] for c in classnames]
 
 
