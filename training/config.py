@@ -7,6 +7,8 @@ written into the run directory, so every run says exactly what it ran.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,9 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
-    max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable
+    max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable:
+                                    # judged at every log line once 256 samples were read, and at the end of
+                                    # the run however few (exit status 2, counts by reason; 1: never stop)
     max_image_pixels: int = 50_000_000  # width × height read from the image header; above: skipped (too_large)
     max_caption_bytes: int = 65_536     # a key.txt above this: skipped (caption_too_large)
     max_file_bytes: int = 268_435_456   # one file in a shard (256 MiB); above: read past, skipped (file_too_large)
@@ -101,7 +105,7 @@ class ScheduleConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 200                # steps between step checkpoints; 0 = only at the end
-    keep: int = 2                   # step checkpoints kept (oldest deleted first)
+    keep: int = 2                   # step checkpoints kept (oldest deleted first; 0: all)
 
 
 @dataclass
@@ -134,6 +138,85 @@ class TrainConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused unread
+MAX_SHOWN_VALUE = 100       # characters of a user's value quoted back in a message
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: ``lo`` and ``hi``, each bound closed or open; floats also finite."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return (value > self.lo if self.lo_open else value >= self.lo) and \
+            (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '≥'} {_number(self.lo)}"
+        return f"in {'(' if self.lo_open else '['}{_number(self.lo)}, {_number(self.hi)}{')' if self.hi_open else ']'}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+POSITIVE, AT_LEAST_0, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+FRACTION = Range(0, 1, hi_open=True)  # a share of something that must keep some of it: 1 would drop all
+# Every numeric key and what it allows (a list's items each); tests/test_config_ranges.py checks none is missing.
+RANGES: dict[str, Range] = {
+    "model.lock_image_unlocked_groups": AT_LEAST_0, "model.lock_text_unlocked_layers": AT_LEAST_0,
+    "model.patch_dropout": FRACTION,
+    "data.weights": AT_LEAST_0, "data.epoch_samples": AT_LEAST_0, "data.batch_size": AT_LEAST_1,
+    "data.workers": AT_LEAST_0, "data.shuffle_buffer": AT_LEAST_0, "data.crop_scale": Range(0, 1, lo_open=True),
+    "data.max_bad_fraction": Range(0, 1), "data.max_image_pixels": AT_LEAST_1, "data.max_caption_bytes": AT_LEAST_1,
+    "data.max_file_bytes": AT_LEAST_1, "data.max_pax_bytes": AT_LEAST_1,
+    "objective.fusion.itm_weight": AT_LEAST_0, "objective.fusion.rerank_weight": AT_LEAST_0,
+    "objective.fusion.rerank_negatives": AT_LEAST_1, "objective.fusion.zorro_weight": AT_LEAST_0,
+    "objective.fusion.zorro_temperature": POSITIVE,
+    "train.chunk_size": AT_LEAST_0,
+    "optim.lr": POSITIVE, "optim.weight_decay": AT_LEAST_0, "optim.beta1": FRACTION, "optim.beta2": FRACTION,
+    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0,
+    "schedule.steps": AT_LEAST_1, "schedule.warmup": AT_LEAST_0,
+    "checkpoint.every": AT_LEAST_0, "checkpoint.keep": AT_LEAST_0,
+    "eval.every": AT_LEAST_0, "eval.rerank_k": AT_LEAST_0, "eval.batch_size": AT_LEAST_1,
+    "log.every": AT_LEAST_1,
+    "seed": Range(0, 2**32 - 1),
+}
+_SHOWN = reprlib.Repr()  # repr with a bound on depth and items, so a huge value costs no more than a small one
+_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist, _SHOWN.maxtuple = 3, 6, 6, 6
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = MAX_SHOWN_VALUE, MAX_SHOWN_VALUE, 40
+
+
+def shown_value(value) -> str:
+    """``repr(value)`` as quoted in a message: bounded work and length, whatever the user gave."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "…"
+
+
+def validate(cfg: "TrainConfig") -> None:
+    """A known precision, every numeric key within its ``RANGES`` entry and a crop scale pair lo ≤ hi, or a
+    UserError naming the key, the value and what is allowed. Cheap: run before anything is built."""
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"config key precision must be one of {PRECISIONS}, got {shown_value(cfg.precision)}")
+    for key, allowed in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            if not allowed.holds(item):
+                where = key if i is None else f"{key}[{i}]"
+                finite = "a finite number " if isinstance(item, float) else ""
+                raise UserError(f"config key {where} must be {finite}{allowed}, got {shown_value(item)}")
+    lo_hi = cfg.data.crop_scale
+    if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+        raise UserError(f"config key data.crop_scale must be [lo, hi] with lo ≤ hi (fractions of the image area), "
+                        f"got {shown_value(lo_hi)}")
 
 
 def _check_value(key: str, tp, value):
@@ -142,7 +225,7 @@ def _check_value(key: str, tp, value):
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key} expects a list, got {value!r}")
+            raise UserError(f"config key {key} expects a list, got {shown_value(value)}")
         return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
@@ -152,7 +235,10 @@ def _check_value(key: str, tp, value):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of hundreds of digits
+                raise UserError(f"config key {key} must be a finite number, got {shown_value(value)}") from None
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads "5e-4" as a string
             try:
                 return float(value)
@@ -164,12 +250,12 @@ def _check_value(key: str, tp, value):
     elif tp is dict:
         if isinstance(value, dict):
             return value
-    raise UserError(f"config key {key} expects {tp.__name__}, got {value!r}")
+    raise UserError(f"config key {key} expects {tp.__name__}, got {shown_value(value)}")
 
 
 def _build(cls, data: dict, prefix: str = ""):
     if not isinstance(data, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {shown_value(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -210,9 +296,9 @@ def _set_override(tree: dict, cls, key: str, raw: str) -> None:
             if dataclasses.is_dataclass(tp):
                 raise UserError(f"config key {key} is a section; set one of its keys, e.g. {key}.<name>=...")
             # Strings stay as typed; everything else is parsed as a YAML scalar or list.
-            node[part] = raw if tp is str else yaml.safe_load(raw)
+            node[part] = raw if tp is str else _parse_value(key, raw)
         elif tp is dict:  # a free-form mapping: model.vision.timm_model_name=convnext_atto sets one key
-            node.setdefault(part, {})[".".join(parts[i + 1:])] = yaml.safe_load(raw)
+            node.setdefault(part, {})[".".join(parts[i + 1:])] = _parse_value(key, raw)
             return
         else:
             if not dataclasses.is_dataclass(tp):
@@ -228,16 +314,63 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (``*name``): a few hundred bytes of nested aliases expand to billions of nodes
+    for whatever walks the result (merging, messages, the saved config)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(problem="YAML aliases (*name) are not accepted in a config; write the "
+                                               "values out, or share settings through base: other.yaml",
+                                       problem_mark=mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str):
+    """``text`` parsed (aliases refused); a YAMLError, one line, otherwise."""
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # noqa: S506 — a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as one bounded line: what is wrong and where."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if e.problem_mark else ""
+        text = f"{e.problem}{where}"
+    else:
+        text = " ".join(str(e).split())
+    return text if len(text) <= 2 * MAX_SHOWN_VALUE else text[:2 * MAX_SHOWN_VALUE] + "…"
+
+
+def _parse_value(key: str, raw: str):
+    try:
+        return _yaml(raw)
+    except yaml.YAMLError as e:
+        raise UserError(f"override {shown(key)}=…: the value is not valid YAML: {_yaml_problem(e)}") from None
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and overridden."""
     if not path.is_file():
-        raise UserError(f"config file not found: {path}" + (f" (the base of {seen[-1]})" if seen else ""))
+        raise UserError(f"config file not found: {shown(str(path))}" + (f" (the base of {seen[-1]})" if seen else ""))
     if path.resolve() in seen:
         raise UserError(f"config file {path} is its own base (through {' → '.join(map(str, seen))})")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {size:,} bytes, more than a config holds ({MAX_CONFIG_BYTES:,})")
+    data = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        f"save it as UTF-8") from None
+    try:
+        tree = _yaml(text) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {e}") from None
+        raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
     base = tree.pop("base", None)
@@ -277,18 +410,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     tree = _read_yaml(find_config(path)) if path is not None else {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} must look like key.sub=value")
+            raise UserError(f"override {shown_value(item)} must look like key.sub=value")
         key, raw = item.split("=", 1)
         _set_override(tree, TrainConfig, key.strip(), raw)
     cfg = _build(TrainConfig, tree)
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"config key precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.train.chunk_size < 0:
-        raise UserError(f"config key train.chunk_size must be ≥ 0 (0: no GradCache), got {cfg.train.chunk_size}")
-    if not 0 <= cfg.data.max_bad_fraction <= 1:
-        raise UserError(f"config key data.max_bad_fraction must be between 0 and 1, got {cfg.data.max_bad_fraction}")
-    if cfg.data.batch_size < 1 or cfg.schedule.steps < 1:
-        raise UserError("data.batch_size and schedule.steps must be at least 1")
+    validate(cfg)
     return cfg
 
 

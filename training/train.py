@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from mmcontrast.objectives import WithFusion, clamp_logit_scale
 from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict
+from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict, validate
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler
 from .report import write_report
@@ -42,7 +43,9 @@ from .run_dir import claim_run_dir
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
-MIN_SAMPLES_TO_JUDGE = 256  # samples read before the bad-sample fraction can stop a run
+MIN_SAMPLES_TO_JUDGE = 256  # samples read before the bad-sample fraction can stop a run early; at the end: any
+# what torch's allocators say when a request fails (CUDA and MPS: "out of memory"; the CPU: DefaultCPUAllocator)
+OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate", "not enough memory")
 
 
 def as_pair(size) -> tuple[int, int]:
@@ -256,6 +259,7 @@ def train(cfg: TrainConfig, output: str | Path, resume: str | None = None,
           stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Run (or continue) training; returns the final evaluation. ``stop_after`` ends early with a checkpoint;
     ``overwrite`` starts over in a run directory that holds an earlier run (``run_dir.claim_run_dir``)."""
+    validate(cfg)  # a config built in Python, not read by load_config, is checked too: before anything is built
     out = Path(output)
     accelerator = make_accelerator(cfg.precision)
     with claim_run_dir(out, resume, overwrite, accelerator.is_main_process, share_from_main):
@@ -278,7 +282,8 @@ def run(t: Trainer, stop_after: int | None) -> dict:
     with StopFlag() as stop:
         while t.step < last:
             batch = meter.wait(lambda: next(batches))
-            losses, grad_norm, stepped, must_stop = train_step(t, batch, stop.set)
+            with memory_hint(cfg, t.accelerator.device):
+                losses, grad_norm, stepped, must_stop = train_step(t, batch, stop.set)
             if not stepped:
                 bad_steps += 1
                 log.write({"step": t.step, "skipped_step": "non-finite loss", "loss": losses["loss"].item()})
@@ -304,6 +309,8 @@ def run(t: Trainer, stop_after: int | None) -> dict:
     if t.step < cfg.schedule.steps:
         return {}
     faults = data_faults(t)
+    check_bad_fraction({"skipped_samples": faults, "samples_read": t.loader.consumed * meter.global_batch},
+                       cfg.data.max_bad_fraction, t.out / "checkpoints", at_end=True)  # short runs too
     if main:
         mc.save_model_dir(t.unwrapped, t.out / "final", meta={"step": t.step, "config": to_dict(cfg),
                                                               "skipped_samples": faults})
@@ -325,16 +332,44 @@ def data_faults(t: Trainer) -> dict[str, int]:
     return {r: int(c) for r, c in zip(reasons, counts) if c}
 
 
-def check_bad_fraction(record: dict, max_fraction: float, checkpoints: Path) -> None:
-    """Stop (on every rank alike: the counts are global) when too much of the data read was unusable."""
+def check_bad_fraction(record: dict, max_fraction: float, checkpoints: Path, at_end: bool = False) -> None:
+    """Stop (on every rank alike: the counts are global) when too much of the data read was unusable: during
+    the run once ``MIN_SAMPLES_TO_JUDGE`` samples were read, so that a few bad ones first do not stop it;
+    ``at_end``, however few were read, before the final model is written."""
     faults = record["skipped_samples"]
     bad = sum(faults.get(r, 0) for r in SAMPLE_FAULTS)
     read = bad + record["samples_read"]
-    if read >= MIN_SAMPLES_TO_JUDGE and bad > max_fraction * read:
-        raise UserError(f"{bad} of {read} samples read ({100 * bad / read:.1f}%) were unusable, more than "
+    if read >= (1 if at_end else MIN_SAMPLES_TO_JUDGE) and bad > max_fraction * read:
+        when = "at the end of the run (no final model written), " if at_end else ""
+        raise UserError(f"{when}{bad} of {read} samples read ({100 * bad / read:.1f}%) were unusable, more than "
                         f"data.max_bad_fraction = {max_fraction:g} ({faults}); `python -m data_prep check DIR` "
                         f"lists what is wrong in a shard directory: repair or rebuild the shards of data.train, "
                         f"or raise the limit; checkpoints so far are kept in {checkpoints}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator failing a request (torch raises RuntimeError for the CPU's)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY))
+
+
+@contextmanager
+def memory_hint(cfg: TrainConfig, device: torch.device):
+    """An allocator failure in a training step as one line saying which settings lower the memory it needs."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(e):
+            raise
+        said = (str(e).strip().splitlines() or [""])[0]  # "CUDA out of memory. Tried to allocate 20.00 GiB ..."
+        said = said if len(said) <= 160 else said[:160] + "…"
+        chunk = cfg.train.chunk_size
+        smaller = (f"lower train.chunk_size (now {chunk})" if chunk else
+                   f"set train.chunk_size (GradCache: the same gradients, in the activation memory of that many "
+                   f"samples), e.g. train.chunk_size={max(1, cfg.data.batch_size // 4)}")
+        raise UserError(f"a training step with data.batch_size = {cfg.data.batch_size} does not fit in memory on "
+                        f"{device} ({said}); {smaller}, or lower data.batch_size, or set "
+                        f"model.grad_checkpointing=true") from None
 
 
 class Meter:
