@@ -14,6 +14,7 @@ totals, options — the trainer reads it for epoch lengths) and ``report.md`` wi
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -31,6 +32,9 @@ from .sources import Record, SourceOptions, open_source
 from .writer import MANIFEST, write_json, write_shard
 
 BUILD = "_build"       # resume state, one file per finished shard
+# The temporary names a build writes into --out (write_shard and write_json add ".tmp" to NNNNNN.tar and the
+# manifest): the only ones removed on resume; any other *.tmp there is the user's.
+OWN_TMP = re.compile(r"[0-9]{6}\.tar\.tmp|" + re.escape(MANIFEST + ".tmp"))
 MAX_EXAMPLES = 5       # sources named per skip reason in the report
 
 
@@ -139,8 +143,9 @@ def _resume(out: Path, signature: dict) -> list[Span]:
         raise UserError(f"{out} already holds shards not made by this build; give a new or empty --out")
     build.mkdir(parents=True, exist_ok=True)
     write_json(saved, signature)
-    for tmp in out.glob("*.tmp"):  # a shard being written when the run was killed
-        tmp.unlink()
+    for tmp in out.iterdir():  # a shard or manifest being written when the run was killed
+        if OWN_TMP.fullmatch(tmp.name) and (tmp.is_symlink() or tmp.is_file()):
+            tmp.unlink()  # a link only: the file it names is not the build's, and is never written through
     spans = []
     for n in range(len(list(build.glob("[0-9]*.json")))):
         path = build / f"{n:06d}.json"

@@ -4,10 +4,12 @@ M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:D
 transformers directory; nothing is downloaded). D is ``flickr30k``, ``flickr8k`` or ``mscoco`` with
 ``--root DIR`` (the annotation file found is reported), or an explicit ``wds:DIR``, ``karpathy:FILE``,
 ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR``. Writes CLIP_benchmark-schema
-JSON to ``--output``, a Markdown table beside it (``.md``), and an HTML page with sample queries
-(retrieval) or a per-class bar chart (zero-shot). Under ``accelerate launch --num_processes N`` the
-encoding is split across the processes. A broken model file, or weights holding NaN/inf (unless
-``--allow-nonfinite``), stop it with one line naming the file.
+JSON to ``--output`` (a NAME.json), a Markdown table beside it (``.md``), and an HTML page with sample
+queries (retrieval: ``.html``, ``_thumbs/``) or a per-class bar chart (zero-shot: ``.classes.png``,
+``.classes.json``); an output that would be an input or another output stops it before anything is
+written. Under ``accelerate launch --num_processes N`` the encoding is split across the processes. A
+broken model file, or weights holding NaN/inf (unless ``--allow-nonfinite``), stop it with one line
+naming the file.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH")
     p.add_argument("--root", default=None, help="folder with the annotation file and the images")
     p.add_argument("--split", default="test", help="split of a named dataset or a wds: directory (default: test)")
-    p.add_argument("--output", required=True, help="result JSON path (.md and .html/.png written beside it)")
+    p.add_argument("--output", required=True,
+                   help="result JSON path, NAME.json (NAME.md and NAME.html or NAME.classes.png written beside it)")
     p.add_argument("--classnames", default=None, help="zero-shot: class names file, one per line")
     p.add_argument("--templates", default=None,
                    help="zero-shot: openai (80), simple (7), a file with one {c} template per line, "
@@ -80,6 +83,19 @@ def choose_templates(spec: str | None, ds):
     return read_templates(spec)
 
 
+def input_paths(args: argparse.Namespace, source: str) -> dict[str, Path]:
+    """Every local path the program reads, by the option that names it (the outputs must differ from each)."""
+    model = args.model.removeprefix("hf:")
+    if model.startswith("openclip:"):  # an architecture name, or a config file
+        model = model.removeprefix("openclip:") if model.endswith(".json") else None
+    named = {"--model": model,
+             "--pretrained": args.pretrained, "--dataset": args.dataset.partition(":")[2] or None,
+             "dataset file": source, "--root": args.root, "--classnames": args.classnames,
+             "--templates": args.templates if args.templates not in TEMPLATE_SETS else None,
+             "--cache-dir": args.cache_dir or None}
+    return {option: Path(path) for option, path in named.items() if path}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
@@ -91,15 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     from .cache import EmbeddingCache, cache_key, file_identity
     from .datasets import open_dataset
     from .html import write_retrieval_html
-    from .report import markdown_table, plot_per_class, result_json, result_rows, write_outputs
+    from .report import check_outputs, markdown_table, output_paths, plot_per_class, result_json, result_rows, \
+        write_outputs
     from .retrieval import run_retrieval
     from .sets import ClassificationSet, RetrievalSet
     from .zeroshot import run_zeroshot
 
+    outputs = output_paths(args.output, args.task)
     state = PartialState(cpu=not torch.cuda.is_available())  # N processes under accelerate launch, else one
     main_process = state.is_main_process
     log = print if main_process else (lambda *a: None)
     ds = open_dataset(args.dataset, args.root, args.split, args.classnames, None, log=log)
+    check_outputs(outputs, input_paths(args, ds.source))
     want = RetrievalSet if args.task == "retrieval" else ClassificationSet
     if not isinstance(ds, want):
         raise UserError(f"{args.dataset} is a {'retrieval' if isinstance(ds, RetrievalSet) else 'classification'} "
@@ -136,15 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     if "reranked" in result:
         record["reranked"] = result["reranked"]
     table = markdown_table(result_rows(result), title=title)
-    write_outputs(args.output, record, table)
-    out = Path(args.output)
+    write_outputs(outputs, record, table)
     if args.task == "retrieval":
-        page = write_retrieval_html(out.with_suffix(".html"), ds, result, title)
+        write_retrieval_html(outputs["HTML page"], ds, result, title)
     else:
-        page = plot_per_class(out.with_suffix(".classes.png"), ds.classnames, result["per_class_recall"], title)
-        out.with_suffix(".classes.json").write_text(json.dumps(dict(zip(ds.classnames, result["per_class_recall"]))))
+        plot_per_class(outputs["chart"], ds.classnames, result["per_class_recall"], title)
+        outputs["per-class JSON"].write_text(json.dumps(dict(zip(ds.classnames, result["per_class_recall"]))))
     print(table)
-    print(f"wrote {out}, {out.with_suffix('.md')}, {page}")
+    print("wrote " + ", ".join(str(p) for p in outputs.values()))
 
 
 if __name__ == "__main__":

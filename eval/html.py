@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
-from .report import metric_rows
+from .report import metric_rows, thumbs_dir
 from .sets import RetrievalSet
 
 THUMB = 160
@@ -24,14 +25,25 @@ STYLE = """body{font-family:sans-serif;margin:24px;color:#222}h2{margin-top:32px
 .row{display:flex;gap:8px}.answer{width:260px;background:#fff6e0;padding:6px}.answer img{border-color:#2a2}"""
 
 
+def _e(value) -> str:
+    """``value`` as text or an attribute value: every ``&<>"'`` escaped, so no input can open markup."""
+    return html.escape(str(value), quote=True)
+
+
+def _img(src: str, alt: str, cls: str = "", title: str = "") -> str:
+    extra = (f" class='{_e(cls)}'" if cls else "") + (f" title='{_e(title)}'" if title else "")
+    return f"<img{extra} src='{_e(src)}' alt='{_e(alt)}'>"
+
+
 def _thumbs(ds: RetrievalSet, indices: set[int], folder: Path) -> dict[int, str]:
+    """Write each image's thumbnail; returns its URL relative to the page (the folder name percent-encoded)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = {}
     for i, image in ds.images.iter_images(sorted(indices)):
         image.thumbnail((THUMB, THUMB))
         name = f"{i}.jpg"
         image.save(folder / name, quality=85)
-        names[i] = f"{folder.name}/{name}"
+        names[i] = quote(f"{folder.name}/{name}")
     return names
 
 
@@ -60,27 +72,26 @@ def _rank(q: dict, k: int) -> str:
 
 def _metrics_table(result: dict) -> list[str]:
     reranked = result.get("reranked")
-    extra = f"<th>ITM re-ranked top {reranked['k']} (%)</th>" if reranked else ""
+    extra = f"<th>ITM re-ranked top {_e(reranked['k'])} (%)</th>" if reranked else ""
     again = {name: value for name, value, _ in metric_rows(reranked["metrics"], {})} if reranked else {}
     parts = [f"<table><tr><th>metric</th><th>value (%)</th>{extra}<th>chance (%)</th></tr>"]
     for name, value, chance in metric_rows(result["metrics"], result["chance"]):
         cell = f"<td>{'' if name not in again else f'{100 * again[name]:.2f}'}</td>" if reranked else ""
-        parts.append(f"<tr><td>{name}</td><td>{100 * value:.2f}</td>{cell}"
+        parts.append(f"<tr><td>{_e(name)}</td><td>{100 * value:.2f}</td>{cell}"
                      f"<td>{'' if chance is None else f'{100 * chance:.2f}'}</td></tr>")
     return parts + ["</table>"]
 
 
 def _captions(title: str, ranking: dict, texts: list[str]) -> str:
-    items = "".join(f"<li class='{'hit' if hit else 'miss'}'>{'✓ ' if hit else ''}{html.escape(texts[t])}</li>"
+    items = "".join(f"<li class='{'hit' if hit else 'miss'}'>{'✓ ' if hit else ''}{_e(texts[t])}</li>"
                     for t, hit in zip(ranking["results"], ranking["hits"]))
-    return f"<div class='ranking'><h3>{title}</h3><ol>{items}</ol></div>"
+    return f"<div class='ranking'><h3>{_e(title)}</h3><ol>{items}</ol></div>"
 
 
 def _images(title: str, ranking: dict, thumbs: dict[int, str]) -> str:
-    imgs = "".join(f"<img class='{'hit' if hit else 'miss'}' src='{thumbs[i]}' alt='result {i}' "
-                   f"title='{'hit' if hit else 'not a positive'}'>"
+    imgs = "".join(_img(thumbs[i], f"result {i}", "hit" if hit else "miss", "hit" if hit else "not a positive")
                    for i, hit in zip(ranking["results"], ranking["hits"]))
-    return f"<div class='ranking'><h3>{title}</h3><div class='row'>{imgs}</div></div>"
+    return f"<div class='ranking'><h3>{_e(title)}</h3><div class='row'>{imgs}</div></div>"
 
 
 def _image_query(q: dict, texts: list[str], thumbs: dict[int, str], k: int) -> str:
@@ -89,10 +100,10 @@ def _image_query(q: dict, texts: list[str], thumbs: dict[int, str], k: int) -> s
         lists += _captions(f"ITM re-ranked (top {k})", q["reranked"], texts)
     answer = ""
     if _missed(q):
-        caption = "" if q["positive"] is None else f"“{html.escape(texts[q['positive']])}”<br>"
-        answer = f"<div class='answer'><b>right answer</b>: {caption}<small>{_rank(q, k)}</small></div>"
-    return (f"<div class='q'><img src='{thumbs[q['query']]}' alt='query image {q['query']}'>"
-            f"{lists}{answer}</div>")
+        caption = "" if q["positive"] is None else f"“{_e(texts[q['positive']])}”<br>"
+        answer = f"<div class='answer'><b>right answer</b>: {caption}<small>{_e(_rank(q, k))}</small></div>"
+    query = _img(thumbs[q["query"]], f"query image {q['query']}")
+    return f"<div class='q'>{query}{lists}{answer}</div>"
 
 
 def _text_query(q: dict, texts: list[str], text_to_image: list[int], thumbs: dict[int, str], k: int) -> str:
@@ -101,23 +112,23 @@ def _text_query(q: dict, texts: list[str], text_to_image: list[int], thumbs: dic
         lists += _images(f"ITM re-ranked (top {k})", q["reranked"], thumbs)
     answer = ""
     if _missed(q):
-        answer = (f"<div class='answer'><b>right answer</b>: image {q['positive']}<br>"
-                  f"<img src='{thumbs[q['positive']]}' alt='right answer {q['positive']}'><br>"
-                  f"<small>{_rank(q, k)}</small></div>")
-    return (f"<div class='q'><div class='query'>{html.escape(texts[q['query']])}<br>"
-            f"<small>(image {text_to_image[q['query']]})</small></div>{lists}{answer}</div>")
+        answer = (f"<div class='answer'><b>right answer</b>: image {_e(q['positive'])}<br>"
+                  f"{_img(thumbs[q['positive']], 'right answer ' + str(q['positive']))}<br>"
+                  f"<small>{_e(_rank(q, k))}</small></div>")
+    return (f"<div class='q'><div class='query'>{_e(texts[q['query']])}<br>"
+            f"<small>(image {_e(text_to_image[q['query']])})</small></div>{lists}{answer}</div>")
 
 
 def write_retrieval_html(path: str | Path, ds: RetrievalSet, result: dict, title: str) -> Path:
     """``path`` (HTML) and its thumbnail folder beside it; every image it shows is on disk."""
     path = Path(path)
     ex = result["examples"]
-    thumbs = _thumbs(ds, _needed_images(ex), path.with_name(path.stem + "_thumbs"))
+    thumbs = _thumbs(ds, _needed_images(ex), thumbs_dir(path))
     texts, text_to_image = ds.texts, ds.text_to_image
     k = result["reranked"]["k"] if "reranked" in result else 0
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{result['images']} images, {result['texts']} captions. Source: {html.escape(ds.source)}</p>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
+             f"<p>{_e(result['images'])} images, {_e(result['texts'])} captions. Source: {_e(ds.source)}</p>",
              *_metrics_table(result), "<h2>Image → text: top-5 captions</h2>"]
     parts += [_image_query(q, texts, thumbs, k) for q in ex["image_queries"]]
     parts.append("<h2>Text → image: top-5 images</h2>")

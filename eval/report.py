@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
+
+from mmcontrast.errors import UserError
 
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
 
@@ -57,12 +61,74 @@ def metric_rows(metrics: dict, chance: dict) -> list[tuple[str, float, float | N
     return rows
 
 
-def write_outputs(output: str | Path, record: dict, table: str) -> None:
-    """``output`` (JSON) and the same path with ``.md`` holding the table."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2))
-    output.with_suffix(".md").write_text(table)
+def thumbs_dir(page: str | Path) -> Path:
+    """The thumbnail folder beside an HTML page."""
+    page = Path(page)
+    return page.with_name(page.stem + "_thumbs")
+
+
+def output_paths(output: str | Path, task: str) -> dict[str, Path]:
+    """Every path ``python -m eval`` writes for ``--output``: the JSON there, the table and page or chart beside it.
+
+    ``--output`` must end in ``.json``, so that no derived name can be ``--output`` itself."""
+    out = Path(output)
+    beside = "the HTML page (.html, _thumbs/)" if task == "retrieval" else "the chart (.classes.png, .classes.json)"
+    if out.suffix != ".json":
+        raise UserError(f"--output {str(output)[:200]!r} does not end in .json: the result JSON is written there, "
+                        f"the Markdown table (.md) and {beside} beside it; give a NAME.json")
+    paths = {"result JSON": out, "Markdown table": out.with_suffix(".md")}
+    if task == "retrieval":
+        page = out.with_suffix(".html")
+        return {**paths, "HTML page": page, "thumbnail folder": thumbs_dir(page)}
+    return {**paths, "chart": out.with_suffix(".classes.png"), "per-class JSON": out.with_suffix(".classes.json")}
+
+
+_THUMB = re.compile(r"[0-9]+\.jpg")
+
+
+def check_outputs(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
+    """Refuse, before anything is written, outputs that collide with each other or with an input (the same path,
+    or an input inside the thumbnail folder), an output where a directory (or for the folder, a file) is, a
+    thumbnail folder holding files this program does not write, and a folder that cannot be written."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        out = path.resolve()
+        if out in seen:
+            raise UserError(f"the {what} and the {seen[out]} would both be {path}; give another --output")
+        seen[out] = what
+        for source, given in inputs.items():
+            src = given.resolve()
+            if out == src or (what == "thumbnail folder" and out in src.parents):
+                relation = "is" if out == src else "holds"
+                raise UserError(f"the {what} {path} {relation} the input {source} {given}; nothing was written: "
+                                f"give an --output elsewhere")
+        _check_writable(what, path)
+
+
+def _check_writable(what: str, path: Path) -> None:
+    folder = what == "thumbnail folder"
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"the {what} {path} would replace an existing {'file' if folder else 'directory'}; "
+                        f"nothing was written: give another --output")
+    if folder and path.is_dir():
+        foreign = sorted(e.name for e in path.iterdir() if not (_THUMB.fullmatch(e.name) and e.is_file()))
+        if foreign:
+            raise UserError(f"the {what} {path} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
+                            f"this program does not write ({foreign[0][:80]!r} ...); nothing was written: move "
+                            f"them, or give another --output")
+    parent = path.parent.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"the {what} {path} cannot be written: {parent} is "
+                        f"{'not a directory' if not parent.is_dir() else 'not writable'}; give another --output")
+
+
+def write_outputs(outputs: dict[str, Path], record: dict, table: str) -> None:
+    """The result JSON and the Markdown table of ``output_paths``."""
+    outputs["result JSON"].parent.mkdir(parents=True, exist_ok=True)
+    outputs["result JSON"].write_text(json.dumps(record, indent=2))
+    outputs["Markdown table"].write_text(table)
 
 
 def plot_per_class(path: str | Path, classnames: list[str], recall: list[float], title: str) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -58,23 +58,87 @@ def save_model_dir(model: torch.nn.Module, path: str | os.PathLike, meta: dict |
     return replace_dir(tmp, path)
 
 
+# What this project writes into a model directory, and into a transformers directory (``mmcontrast.convert``,
+# by ``save_pretrained`` of transformers 4.38 to 5.x). Replacing a directory removes these names only: a directory
+# holding anything else (a run's checkpoints, a user's files) is refused, never removed.
+MODEL_DIR_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, EXTRAS_NAME, META_NAME})
+HF_DIR_FILES = frozenset({"config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json",
+                          "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "added_tokens.json", "preprocessor_config.json"})
+_HF_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def _replaceable(entry: Path) -> bool:
+    """A file (or link) named as one this project writes into a model or transformers directory."""
+    named = entry.name in MODEL_DIR_FILES or entry.name in HF_DIR_FILES or _HF_SHARD.fullmatch(entry.name)
+    return bool(named) and (entry.is_symlink() or entry.is_file())
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in directory ``path`` that no model or transformers directory written here holds."""
+    return sorted(e.name for e in path.iterdir() if not _replaceable(e))
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse (one line naming what is in the way) unless ``path`` is absent or a directory that
+    holds only the files of a model or transformers directory."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise UserError(f"{path} is {'a symbolic link' if path.is_symlink() else 'a file'}, not a model "
+                        f"directory; nothing was removed: move it away or choose another destination")
+    foreign = foreign_entries(path)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(repr(n[:80]) for n in foreign[:5]) + more
+        raise UserError(f"{path} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that no model "
+                        f"directory holds ({shown}); nothing was removed: move them, or choose another destination")
+
+
+def check_can_replace(path: Path) -> None:
+    """Refuse unless ``path`` and its siblings ``PATH.tmp`` and ``PATH.old`` may be replaced (``replace_dir``)."""
+    for p in (path, _sibling(path, ".tmp"), _sibling(path, ".old")):
+        check_replaceable(p)
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _remove_model_files(path: Path) -> None:
+    """Remove a directory that ``check_replaceable`` accepted: its files one by one, then the directory, so
+    that anything that appeared since the check stops the removal (``rmdir`` of a non-empty directory fails)."""
+    check_replaceable(path)
+    if not path.exists():
+        return
+    for entry in path.iterdir():
+        if _replaceable(entry):
+            entry.unlink()
+    path.rmdir()
+
+
 def fresh_tmp_dir(path: Path) -> Path:
-    """An empty sibling ``PATH.tmp`` to write into before ``replace_dir``."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """An empty sibling ``PATH.tmp`` to write into before ``replace_dir``; a leftover one is removed only if it
+    holds nothing but model files."""
+    check_can_replace(path)
+    tmp = _sibling(path, ".tmp")
+    _remove_model_files(tmp)
     tmp.mkdir(parents=True)
     return tmp
 
 
 def replace_dir(tmp: Path, path: Path) -> Path:
-    """Move a completely written ``tmp`` to ``path``, replacing what was there by renames only."""
+    """Move a completely written ``tmp`` to ``path``, replacing what was there by renames only. What was there is
+    removed only when it holds nothing but model files (``check_replaceable``); else nothing changes."""
     fsync_tree(tmp)
+    old = _sibling(path, ".old")
+    check_replaceable(path)  # tmp is not checked: it holds what the caller just wrote
+    check_replaceable(old)
     if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_model_files(old)
         path.rename(old)
         tmp.rename(path)
-        shutil.rmtree(old)
+        _remove_model_files(old)
     else:
         tmp.rename(path)
     fsync(path.parent)

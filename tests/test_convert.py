@@ -92,7 +92,8 @@ def test_unconvertible_models_are_named(tmp_path):
     with pytest.raises(UserError, match=r"cannot hold this model \(custom_text=True, text_cfg.hf_model_name="):
         mc.convert(tmp_path / "lit", tmp_path / "hf")
     with pytest.raises(UserError, match="neither a model directory"):
-        mc.convert(tmp_path, tmp_path / "x")
+        (tmp_path / "empty").mkdir()
+        mc.convert(tmp_path / "empty", tmp_path / "x")
 
 
 def test_command_line(hf_dir, tmp_path):

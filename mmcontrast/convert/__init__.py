@@ -26,7 +26,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from ..errors import UserError
 from ..model import build_model
-from ..model_dir import CONFIG_NAME, fresh_tmp_dir, load_model_dir, replace_dir, save_model_dir
+from ..model_dir import CONFIG_NAME, check_can_replace, fresh_tmp_dir, load_model_dir, replace_dir, save_model_dir
 from ..model_files import read_json_object
 from ..transforms import preprocess_cfg_for
 
@@ -238,9 +238,43 @@ def model_dir_to_hf(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return replace_dir(tmp, dst)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Convert ``src`` to the other format at ``dst``; the direction follows what ``src`` is."""
-    src = Path(src)
+def _overlap(target: Path, source: Path) -> str | None:
+    """How resolved ``target`` overlaps resolved ``source``, or None."""
+    if target == source:
+        return "is the source"
+    if source in target.parents:
+        return "is inside the source"
+    if target in source.parents:
+        return "holds the source"
+    return None
+
+
+def check_destination(src: Path, dst: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything is read or written, a ``dst`` that overlaps ``src`` (equal, or one inside the
+    other, counting the ``.tmp``/``.old`` siblings a replacement uses), or an existing non-empty ``dst`` without
+    ``overwrite``; with it, a ``dst`` that holds anything but a model or transformers directory's files."""
+    source = src.resolve()
+    for target in (dst, dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")):
+        how = _overlap(target.resolve(), source)
+        if how:
+            raise UserError(f"{target} {how} {src}; nothing was changed: write the conversion to a directory "
+                            f"outside the source")
+    if dst.is_dir() and not dst.is_symlink() and not any(dst.iterdir()):
+        check_can_replace(dst)
+        return
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise UserError(f"{dst} already exists and is not empty; nothing was changed: choose a new directory, "
+                        f"or pass --overwrite to replace the model directory there")
+    check_can_replace(dst)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert ``src`` to the other format at ``dst``; the direction follows what ``src`` is.
+
+    An existing non-empty ``dst`` is replaced only with ``overwrite``, and only when it holds nothing but the
+    files of a model or transformers directory (``check_destination``)."""
+    src, dst = Path(src), Path(dst)
+    check_destination(src, dst, overwrite)
     if (src / CONFIG_NAME).is_file():
         return model_dir_to_hf(src, dst)
     config_file = src / "config.json"
