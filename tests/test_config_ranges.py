@@ -16,8 +16,9 @@ import torch
 
 from mmcontrast import objectives
 from mmcontrast.errors import UserError
-from training.config import RANGES, TrainConfig, load_config, shipped_configs, shown_value
+from training.config import TrainConfig, load_config, shipped_configs
 from training.config_keys import leaf_fields
+from training.config_ranges import RANGES, shown_value
 from training.train import train
 
 NUMERIC = (int, float, list[float], list[int])
@@ -40,6 +41,8 @@ def test_the_defaults_and_every_shipped_config_are_in_range():
     ("optim.lr=0", "config key optim.lr must be a finite number > 0, got 0.0"),
     ("optim.lr=-1e-3", "config key optim.lr must be a finite number > 0, got -0.001"),
     ("optim.lr=1" + "0" * 400, "config key optim.lr must be a finite number, got 1" + "0" * 17 + "..." + "0" * 19),
+    ("data.batch_size=1" + "0" * 400, "config key data.batch_size must be an integer below 2**63, got 1" + "0" * 17),
+    ("data.workers=" + str(2**63), "config key data.workers must be an integer below 2**63, got 9223372036854775808"),
     ("optim.weight_decay=-0.1", "config key optim.weight_decay must be a finite number ≥ 0, got -0.1"),
     ("optim.weight_decay=inf", "config key optim.weight_decay must be a finite number ≥ 0, got inf"),
     ("optim.beta1=2", "config key optim.beta1 must be a finite number in [0, 1), got 2.0"),
@@ -277,3 +280,13 @@ def test_ranges_and_types_agree():
         assert hints[key] in NUMERIC, key
         if typing.get_origin(hints[key]) is None and hints[key] is int:
             assert allowed.lo == -math.inf or float(allowed.lo).is_integer(), key
+
+
+def test_a_tower_setting_the_model_rejects_is_quoted_cut():
+    from training.train import build
+    cfg = load_config("tiny", ["model.vision.nonsense_" + "y" * 5000 + "=1"])
+    with pytest.raises(UserError) as e:
+        build(cfg)
+    message = str(e.value)
+    assert message.startswith("model 'tiny' with vision={'nonsense_yyy") and "unexpected keyword argument" in message
+    assert len(message) < 400 and "\n" not in message

@@ -7,8 +7,6 @@ written into the run directory, so every run says exactly what it ran.
 from __future__ import annotations
 
 import dataclasses
-import math
-import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ import yaml
 from mmcontrast.errors import UserError
 
 from .config_keys import closest_keys, describe_keys, shown
+from .config_ranges import shown_text, shown_value, validate
 
 
 @dataclass
@@ -137,86 +136,7 @@ class TrainConfig:
     precision: str = "bf16"         # fp32 | bf16 (autocast; works on CPUs) | fp16 (GPU only)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused unread
-MAX_SHOWN_VALUE = 100       # characters of a user's value quoted back in a message
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric key allows: ``lo`` and ``hi``, each bound closed or open; floats also finite."""
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        return (value > self.lo if self.lo_open else value >= self.lo) and \
-            (value < self.hi if self.hi_open else value <= self.hi)
-
-    def __str__(self) -> str:
-        if self.hi == math.inf:
-            return f"{'>' if self.lo_open else '≥'} {_number(self.lo)}"
-        return f"in {'(' if self.lo_open else '['}{_number(self.lo)}, {_number(self.hi)}{')' if self.hi_open else ']'}"
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-POSITIVE, AT_LEAST_0, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
-FRACTION = Range(0, 1, hi_open=True)  # a share of something that must keep some of it: 1 would drop all
-# Every numeric key and what it allows (a list's items each); tests/test_config_ranges.py checks none is missing.
-RANGES: dict[str, Range] = {
-    "model.lock_image_unlocked_groups": AT_LEAST_0, "model.lock_text_unlocked_layers": AT_LEAST_0,
-    "model.patch_dropout": FRACTION,
-    "data.weights": AT_LEAST_0, "data.epoch_samples": AT_LEAST_0, "data.batch_size": AT_LEAST_1,
-    "data.workers": AT_LEAST_0, "data.shuffle_buffer": AT_LEAST_0, "data.crop_scale": Range(0, 1, lo_open=True),
-    "data.max_bad_fraction": Range(0, 1), "data.max_image_pixels": AT_LEAST_1, "data.max_caption_bytes": AT_LEAST_1,
-    "data.max_file_bytes": AT_LEAST_1, "data.max_pax_bytes": AT_LEAST_1,
-    "objective.fusion.itm_weight": AT_LEAST_0, "objective.fusion.rerank_weight": AT_LEAST_0,
-    "objective.fusion.rerank_negatives": AT_LEAST_1, "objective.fusion.zorro_weight": AT_LEAST_0,
-    "objective.fusion.zorro_temperature": POSITIVE,
-    "train.chunk_size": AT_LEAST_0,
-    "optim.lr": POSITIVE, "optim.weight_decay": AT_LEAST_0, "optim.beta1": FRACTION, "optim.beta2": FRACTION,
-    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0,
-    "schedule.steps": AT_LEAST_1, "schedule.warmup": AT_LEAST_0,
-    "checkpoint.every": AT_LEAST_0, "checkpoint.keep": AT_LEAST_0,
-    "eval.every": AT_LEAST_0, "eval.rerank_k": AT_LEAST_0, "eval.batch_size": AT_LEAST_1,
-    "log.every": AT_LEAST_1,
-    "seed": Range(0, 2**32 - 1),
-}
-_SHOWN = reprlib.Repr()  # repr with a bound on depth and items, so a huge value costs no more than a small one
-_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist, _SHOWN.maxtuple = 3, 6, 6, 6
-_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = MAX_SHOWN_VALUE, MAX_SHOWN_VALUE, 40
-
-
-def shown_value(value) -> str:
-    """``repr(value)`` as quoted in a message: bounded work and length, whatever the user gave."""
-    text = _SHOWN.repr(value)
-    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "…"
-
-
-def validate(cfg: "TrainConfig") -> None:
-    """A known precision, every numeric key within its ``RANGES`` entry and a crop scale pair lo ≤ hi, or a
-    UserError naming the key, the value and what is allowed. Cheap: run before anything is built."""
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"config key precision must be one of {PRECISIONS}, got {shown_value(cfg.precision)}")
-    for key, allowed in RANGES.items():
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
-            if not allowed.holds(item):
-                where = key if i is None else f"{key}[{i}]"
-                finite = "a finite number " if isinstance(item, float) else ""
-                raise UserError(f"config key {where} must be {finite}{allowed}, got {shown_value(item)}")
-    lo_hi = cfg.data.crop_scale
-    if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
-        raise UserError(f"config key data.crop_scale must be [lo, hi] with lo ≤ hi (fractions of the image area), "
-                        f"got {shown_value(lo_hi)}")
 
 
 def _check_value(key: str, tp, value):
@@ -339,10 +259,8 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error as one bounded line: what is wrong and where."""
     if isinstance(e, yaml.MarkedYAMLError) and e.problem:
         where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if e.problem_mark else ""
-        text = f"{e.problem}{where}"
-    else:
-        text = " ".join(str(e).split())
-    return text if len(text) <= 2 * MAX_SHOWN_VALUE else text[:2 * MAX_SHOWN_VALUE] + "…"
+        return shown_text(f"{e.problem}{where}")
+    return shown_text(str(e))
 
 
 def _parse_value(key: str, raw: str):

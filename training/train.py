@@ -36,6 +36,7 @@ from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, si
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict, validate
+from .config_ranges import shown_text, shown_value
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler
 from .report import write_report
@@ -94,7 +95,8 @@ def build(cfg: TrainConfig):
         model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout,
                                 vision=cfg.model.vision, text=cfg.model.text, **fusion)
     except (ValueError, TypeError, RuntimeError) as e:  # open_clip/timm reject a bad tower setting
-        raise UserError(f"model {cfg.model.name!r} with vision={cfg.model.vision} text={cfg.model.text}: {e}") from None
+        raise UserError(f"model {shown_value(cfg.model.name)} with vision={shown_value(cfg.model.vision)} "
+                        f"text={shown_value(cfg.model.text)}: {shown_text(str(e))}") from None
     if cfg.model.pretrained:
         if not Path(cfg.model.pretrained).is_file():
             raise UserError(f"model.pretrained file not found: {cfg.model.pretrained}")
