@@ -54,8 +54,9 @@ def read_karpathy(path: str | Path, root: str | Path, split: str = "test", name:
     entries = karpathy_entries(data, path, {split})
     paths = _resolve_all(Path(root), [e["candidates"] for e in entries])
     dataset = data.get("dataset")
-    return check_retrieval(RetrievalSet(name or (dataset if isinstance(dataset, str) else Path(path).stem), str(path),
-                                        FileImages(paths), [e["captions"] for e in entries], [e["id"] for e in entries]))
+    name = name or (dataset if isinstance(dataset, str) else Path(path).stem)
+    return check_retrieval(RetrievalSet(name, str(path), FileImages(paths), [e["captions"] for e in entries],
+                                        [e["id"] for e in entries]))
 
 
 def read_coco_captions(path: str | Path, root: str | Path, name: str = "mscoco_captions") -> RetrievalSet:

@@ -170,7 +170,8 @@ def check_retrieval(ds: RetrievalSet) -> RetrievalSet:
 
 
 def check_classification(ds: ClassificationSet, names_from: str | None = None) -> ClassificationSet:
-    """``ds`` if it has images, class names, and every label is a class index; else one line naming the first bad label."""
+    """``ds`` if it has images and class names and every label is a class index; else one line naming the first
+    bad label and how many there are."""
     names_from = names_from or ds.source
     if not len(ds):
         raise UserError(f"{ds.source}: no images; an evaluation needs at least one")

@@ -72,7 +72,11 @@ class ZeroShotClassifier:
         self.model, self.preprocess, self.classnames = model, preprocess, list(classnames)
         self.device = device or next(model.parameters()).device
         self.batch_size = batch_size
-        self.weights = build_class_weights(model, tokenizer, self.classnames, templates, self.device)
+        self.weights = build_class_weights(model, tokenizer, self.classnames, templates, self.device)  # [D, C]
+        bad = int((~torch.isfinite(self.weights).all(dim=0)).sum())
+        if bad:  # every image would be predicted as one of these classes
+            raise ValueError(f"the class weights hold NaN or inf for {bad} of {len(self.classnames)} classes: "
+                             "the model's weights may be broken")
 
     @torch.no_grad()
     def logits(self, images: Images) -> torch.Tensor:

@@ -147,7 +147,8 @@ READER_CASES = {
                           "blip.json: item 0 \\('images/0.png'\\): the caption is None"),
     "blip_repeated_image": (lambda t: read_blip(_file(t / "blip.json", json.dumps(
                                 [{"image": f"images/{n}", "caption": "x"} for n in image_files(t, 2) * 2])), t),
-                            "blip.json: image 'images/0.png' \\('0.png'\\) occurs 2 times \\(2 images repeated in all\\)"),
+                            "blip.json: image 'images/0.png' \\('0.png'\\) occurs 2 times "
+                            "\\(2 images repeated in all\\)"),
     "annotation_not_utf8": (lambda t: read_karpathy(_file(t / "k.json", b'{"images": ["\xff"]}'), t),
                             "k.json is not UTF-8 text \\(byte 13\\)"),
     "cupl_empty_prompt_list": (lambda t: read_templates(_file(t / "cupl.json", json.dumps(
@@ -287,16 +288,16 @@ def test_the_library_refuses_prompts_that_give_nan_weights(tiny):
     model, _, tokenizer = tiny
     with pytest.raises(ValueError, match="the prompts for class 'b' are not a non-empty list"):
         mc.build_class_weights(model, tokenizer, ["a", "b"], {"a": ["an a"], "b": []})
+    with pytest.raises(ValueError, match="the class weights hold NaN or inf for 2 of 2 classes"):
+        mc.ZeroShotClassifier(_Broken(model, text_rows=[0, 1]), tokenizer, None, ["a", "b"], ["a photo of {c}"])
     with pytest.raises(ValueError, match="template '\\{0\\} and \\{c\\}' has a placeholder \\{0\\} other than \\{c\\}"):
         mc.build_class_weights(model, tokenizer, ["a"], ["{0} and {c}"])
 
 
 # --- the program: exit 2, one line, no result written ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A sound tiny model directory and one whose image projection is NaN."""
-    root = tmp_path_factory.mktemp("models")
+def _models(root: Path) -> Path:
+    """A sound tiny model directory (``good``) and one whose image projection is NaN (``nan``)."""
     model = mc.create_model("tiny", seed=0)
     mc.save_model_dir(model, root / "good")
     with torch.no_grad():
@@ -305,37 +306,50 @@ def models(tmp_path_factory):
     return root
 
 
+# name → (the arguments, given the input folder; the model; the error line expected)
 CLI_CASES = {
     "classnames_of_another_set": (
         lambda t: ["zeroshot", "--dataset", f"wds:{_cls(t, [0, 1, 0])}", "--classnames", _file(t / "n.txt", "a\nb\nc")],
-        "n.txt: 3 class names, but .*classnames.txt has 2"),
+        "good", "n.txt: 3 class names, but .*classnames.txt has 2"),
     "label_out_of_range": (lambda t: ["zeroshot", "--dataset", f"wds:{_cls(t, [0, 7])}"],
-                           "image 's0000001' has label 7, not a class index 0–1"),
+                           "good", "image 's0000001' has label 7, not a class index 0–1"),
     "captions_per_image_minus_1": (
         lambda t: ["retrieval", "--dataset", f"wds:{_txt(t, [b'a', b'c'])}", "--captions-per-image", "-1"],
-        "--captions-per-image must be a positive number of captions to keep, got -1"),
+        "good", "--captions-per-image must be a positive number of captions to keep, got -1"),
     "cupl_empty_prompt_list": (
         lambda t: ["zeroshot", "--dataset", f"wds:{_cls(t, [0, 1])}",
                    "--templates", _file(t / "cupl.json", json.dumps({"red": ["a red one"], "blue": []}))],
-        "cupl.json: class 'blue' needs a non-empty list of prompt strings"),
-    "nan_model_allowed_to_load": (lambda t: ["zeroshot", "--dataset", f"wds:{_cls(t, [0, 1, 1])}", "nan"],
-                                  "the model's image features hold NaN or inf for 3 of 3 images"),
+        "good", "cupl.json: class 'blue' needs a non-empty list of prompt strings"),
+    "nan_model_allowed_to_load": (
+        lambda t: ["zeroshot", "--dataset", f"wds:{_cls(t, [0, 1, 1])}", "--allow-nonfinite"],
+        "nan", "the model's image features hold NaN or inf for 3 of 3 images"),
 }
 
 
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """case → (exit status, stderr, output folder) of every case, the programs run side by side."""
+    root = tmp_path_factory.mktemp("cli")
+    models = _models(root / "models")
+    procs = {}
+    for case, (make, model, _) in CLI_CASES.items():
+        out = root / case / "out"
+        args = [*make(root / case / "in"), "--model", models / model, "--output", out / "r.json", "--cache-dir", "",
+                "--workers", "0", "--device", "cpu"]
+        procs[case] = (subprocess.Popen([sys.executable, "-m", "eval", *map(str, args)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True), out)
+    results = {}
+    for case, (p, out) in procs.items():
+        stderr = p.communicate(timeout=300)[1]
+        results[case] = (p.returncode, stderr, out)
+    return results
+
+
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
-def test_the_program_exits_2_with_one_line_and_writes_nothing(case, models, tmp_path):
-    make, message = CLI_CASES[case]
-    args = make(tmp_path / "in")
-    model = "good"
-    if args[-1] == "nan":
-        args, model = args[:-1] + ["--allow-nonfinite"], "nan"
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "eval", *map(str, args), "--model", str(models / model),
-                           "--output", str(out / "r.json"), "--cache-dir", "", "--workers", "0", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stderr.strip().splitlines() if "%|" not in ln and ln.strip()]  # not the progress bar
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    assert re.search(message, lines[0]), lines[0]
+def test_the_program_exits_2_with_one_line_and_writes_nothing(case, cli_runs):
+    status, stderr, out = cli_runs[case]
+    assert status == 2, stderr[-3000:]
+    lines = [ln for ln in stderr.strip().splitlines() if "%|" not in ln and ln.strip()]  # not the progress bar
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    assert re.search(CLI_CASES[case][2], lines[0]), lines[0]
     assert not out.exists()
