@@ -98,6 +98,8 @@ def input_paths(args: argparse.Namespace, source: str) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from .report import output_paths
+    outputs = output_paths(args.output, args.task)  # before the heavy imports: a bad name answers at once
     import torch
     from accelerate import PartialState
 
@@ -107,13 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     from .cache import EmbeddingCache, cache_key, file_identity
     from .datasets import open_dataset
     from .html import write_retrieval_html
-    from .report import check_outputs, markdown_table, output_paths, plot_per_class, result_json, result_rows, \
-        write_outputs
+    from .report import check_outputs, markdown_table, plot_per_class, result_json, result_rows, write_outputs
     from .retrieval import run_retrieval
     from .sets import ClassificationSet, RetrievalSet
     from .zeroshot import run_zeroshot
 
-    outputs = output_paths(args.output, args.task)
     state = PartialState(cpu=not torch.cuda.is_available())  # N processes under accelerate launch, else one
     main_process = state.is_main_process
     log = print if main_process else (lambda *a: None)
