@@ -142,6 +142,13 @@ READER_CASES = {
     "karpathy_null_caption": (
         lambda t: read_karpathy(karpathy(t, [kimage("0.png", "a shape", None)]), t),
         "images\\[0\\] \\('0.png'\\) sentence 1: the caption is None, not a string"),
+    "karpathy_split_of_another_type": (
+        lambda t: read_karpathy(karpathy(t, [{**kimage("0.png", "a shape"), "split": ["test"]}]), t),
+        "has no images in split 'test' \\(splits: \\[\"\\['test'\\]\"\\]\\)"),
+    "coco_image_id_of_another_type": (
+        lambda t: read_coco_captions(_file(t / "coco.json", json.dumps(
+            {"images": [{"id": 1, "file_name": "a.png"}],
+             "annotations": [{"id": 1, "image_id": [1], "caption": "x"}]})), t), "coco.json: annotations\\[0\\] needs an 'id', an 'image_id' and a 'caption'"),
     "blip_null_caption": (lambda t: read_blip(_file(t / "blip.json", json.dumps(
                               [{"image": f"images/{n}", "caption": ["x", None]} for n in image_files(t, 2)])), t),
                           "blip.json: item 0 \\('images/0.png'\\): the caption is None"),

@@ -61,7 +61,8 @@ def karpathy_entries(data: dict, path: str | Path, splits: set[str]) -> list[dic
     for n, im in enumerate(data["images"]):
         if not isinstance(im, dict):
             raise UserError(f"{path}: images[{n}] is {_short(im)}, not an object with 'filename' and 'sentences'")
-    images = [(n, im) for n, im in enumerate(data["images"]) if im.get("split") in splits]
+    images = [(n, im) for n, im in enumerate(data["images"])
+              if isinstance(im.get("split"), str) and im["split"] in splits]
     if not images:
         found = sorted({_short(im.get("split"), 20) for im in data["images"]})[:20]
         wanted = " or ".join(repr(s) for s in sorted(splits))
@@ -106,7 +107,8 @@ def coco_entries(data: dict, path: str | Path) -> list[dict]:
     refuse_repeats([im["id"] for im in data["images"]], path, "image id")
     captions: dict = {im["id"]: [] for im in data["images"]}
     for n, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or not isinstance(ann.get("id"), (int, str)) or "image_id" not in ann:
+        if not isinstance(ann, dict) or not isinstance(ann.get("id"), (int, str)) \
+                or not isinstance(ann.get("image_id"), (int, str)):
             raise UserError(f"{path}: annotations[{n}] needs an 'id', an 'image_id' and a 'caption'")
     for ann in sorted(data["annotations"], key=lambda a: (isinstance(a["id"], str), a["id"])):
         if ann["image_id"] not in captions:
