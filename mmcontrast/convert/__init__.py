@@ -1,12 +1,14 @@
 """Convert between transformers ``CLIPModel`` directories and this project's model directories.
 
-    python -m mmcontrast.convert SRC DST
+    python -m mmcontrast.convert SRC DST [--overwrite]
 
 The direction follows ``SRC``: a transformers CLIP directory (``config.json``, ``model_type: clip``)
 becomes a model directory that this project trains and evaluates and open_clip loads; a model
 directory whose towers a ``CLIPModel`` can hold (a plain ViT image tower and open_clip's text
 transformer) becomes a transformers directory with its tokenizer and image processor, which
-``CLIPModel`` / ``CLIPProcessor.from_pretrained`` and ``mc.load("hf:DST")`` load.
+``CLIPModel`` / ``CLIPProcessor.from_pretrained`` and ``mc.load("hf:DST")`` load. ``DST`` is new or empty;
+``--overwrite`` replaces a model or transformers directory there and refuses one that holds anything else (a run
+directory, a user's files); ``DST`` may not be ``SRC``, inside it, or hold it.
 
 The weights are the same numbers under other names (two layouts of one architecture, Radford et
 al. 2021): open_clip keeps one ``in_proj`` for query, key and value and stores projections as
