@@ -34,7 +34,7 @@ from mmcontrast.model_dir import is_model_dir, load_dir_weights, load_weights
 from mmcontrast.objectives import WithFusion, clamp_logit_scale
 from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import last_complete, load_checkpoint, resume_checkpoint, save_checkpoint
 from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict, validate
 from .config_ranges import shown_text, shown_value
 from .evaluate import evaluate
@@ -180,10 +180,8 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
         out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, train_transform, optimizer, scheduler, objective = build(cfg)
     step, loader_state = 0, None
-    ckpt = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume) if resume else None
+    ckpt = choose_checkpoint(resume, out / "checkpoints", accelerator)
     if ckpt is not None:
-        if not (ckpt / "state.json").is_file():
-            raise UserError(f"not a complete checkpoint: {ckpt}")
         step, loader_state = load_checkpoint(ckpt, model, optimizer, scheduler, rank, world, to_dict(cfg),
                                              objective, accelerator.scaler)
         accelerator.print(f"resumed from {ckpt} at step {step}")
@@ -273,6 +271,25 @@ def share_from_main(value):
     return broadcast_object_list([value])[0]
 
 
+def choose_checkpoint(resume: str | None, ckpt_dir: Path, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to continue from, verified by the main process alone (it reads every file) and shared
+    with all (a collective); when the main process refuses, with its one line, the others stop too."""
+    if not resume:
+        return None
+    found, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            found = resume_checkpoint(resume, ckpt_dir, log=print)
+        except UserError as e:
+            refusal = str(e)
+    found, refusal = share_from_main((found and str(found), refusal))
+    if refusal:
+        if accelerator.is_main_process:
+            raise UserError(refusal)
+        raise SystemExit(2)
+    return Path(found) if found else None
+
+
 def run(t: Trainer, stop_after: int | None) -> dict:
     """The training loop, then the final model directory, evaluation and report."""
     cfg = t.cfg
@@ -291,7 +308,7 @@ def run(t: Trainer, stop_after: int | None) -> dict:
                 log.write({"step": t.step, "skipped_step": "non-finite loss", "loss": losses["loss"].item()})
                 if bad_steps >= MAX_BAD_STEPS:
                     raise UserError(f"loss was not finite for {bad_steps} steps in a row at step {t.step}; "
-                                    f"last good checkpoint kept in {t.out / 'checkpoints'}; lower optim.lr?")
+                                    f"{last_complete(t.out / 'checkpoints', t.step)}; lower optim.lr?")
                 continue
             bad_steps, t.step = 0, t.step + 1
             bar.update(1)
