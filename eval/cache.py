@@ -2,6 +2,13 @@
 
 The key hashes everything the embeddings depend on — the model's identity (its weights files'
 paths, sizes and modification times), the preprocessing, the data's fingerprint and the texts.
+
+An entry is one safetensors file holding ``features``, with the blake2b hash of the tensor (its dtype,
+shape and bytes) in the file's metadata. It is read as untrusted input: the header is checked against the
+file's size before a byte of data is read, then the tensor is hashed and compared. An entry that fails —
+truncated by a full disk or a killed copy, changed, or written by a version that recorded no hash — is
+recomputed and written again, with a line saying so. An entry that cannot be written is left out with a
+line, and the evaluation goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mmcontrast.errors import UserError
+from mmcontrast.model_files import read_safetensors_header
+
+FEATURES = "features"
 
 
 def cache_key(*parts) -> str:
@@ -27,6 +40,32 @@ def file_identity(path: str | Path) -> list:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
 
 
+def features_digest(features: torch.Tensor) -> str:
+    """blake2b of a tensor's dtype, shape and bytes."""
+    t = features.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{t.dtype} {list(t.shape)}\n".encode(), digest_size=32)
+    digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def read_entry(path: Path) -> torch.Tensor:
+    """The features of a cache entry that matches the hash it records; ``UserError`` saying what is wrong."""
+    header = read_safetensors_header(path)
+    if set(header) != {FEATURES}:
+        raise UserError(f"{path} holds {len(header)} tensors, not one named {FEATURES!r}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            recorded = (f.metadata() or {}).get("blake2b")
+            features = f.get_tensor(FEATURES)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} cannot be read ({str(e)[:200]})") from None
+    if recorded is None:
+        raise UserError(f"{path} records no hash of its features (written by an older version)")
+    if features_digest(features) != recorded:
+        raise UserError(f"{path} does not match the blake2b hash it records (changed since it was written)")
+    return features
+
+
 class EmbeddingCache:
     def __init__(self, directory: str | Path | None, writer: bool = True):
         self.directory = Path(directory) if directory else None
@@ -37,13 +76,28 @@ class EmbeddingCache:
             return compute()
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
-            log(f"embeddings from cache: {path}")
-            return load_file(str(path))["features"]
+            try:
+                features = read_entry(path)
+            except UserError as e:  # the reader's advice to copy the file again is not for a cache
+                log(f"embedding cache entry is broken, recomputing it: {str(e).removesuffix('; copy or save it again')}")
+            else:
+                log(f"embeddings from cache: {path}")
+                return features
         features = compute()
-        if not self.writer:
-            return features
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": features.contiguous()}, str(tmp))
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        if self.writer:
+            self._write(path, features, log)
         return features
+
+    def _write(self, path: Path, features: torch.Tensor, log) -> None:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            save_file({FEATURES: features.contiguous()}, str(tmp), metadata={"blake2b": features_digest(features)})
+            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        except (OSError, SafetensorError) as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the line below names the entry; a leftover .tmp is never read
+            log(f"cannot write embedding cache entry {path} ({getattr(e, 'strerror', None) or str(e)[:200]}); "
+                f"the evaluation goes on without it")

@@ -277,3 +277,64 @@ def test_every_option_has_help_and_the_model_option_names_every_form():
     model_help = next(a.help for a in actions if a.dest == "model")
     for form in ("model directory", "openclip:NAME", "--pretrained", "hf:/local/dir"):
         assert form in model_help, form
+
+
+def _cache_lines(cache, key, compute):
+    lines = []
+    return cache.get_or_compute(key, compute, log=lines.append), lines
+
+
+def test_a_broken_cache_entry_is_recomputed_with_a_line_saying_why(tmp_path):
+    from eval.cache import EmbeddingCache
+    from safetensors.torch import save_file
+    cache, features = EmbeddingCache(tmp_path), torch.randn(6, 4).to(torch.bfloat16)
+    entry = tmp_path / "k.safetensors"
+    assert torch.equal(_cache_lines(cache, "k", lambda: features)[0], features) and entry.is_file()
+    got, lines = _cache_lines(cache, "k", lambda: 1 / 0)  # read back: nothing computed
+    assert torch.equal(got, features) and lines == [f"embeddings from cache: {entry}"]
+    whole = entry.read_bytes()
+    changed = bytearray(whole)
+    changed[-1] ^= 1
+    for broken, why in [(whole[:-10], f"truncated safetensors file: {entry} holds 38 of 48 data bytes after its "
+                                      f"header"),
+                        (bytes(changed), f"{entry} does not match the blake2b hash it records (changed since it was "
+                                         f"written)"),
+                        (b"", f"truncated safetensors file: {entry} holds 0 of the 8 bytes that give its header "
+                              f"length")]:
+        entry.write_bytes(broken)
+        got, lines = _cache_lines(cache, "k", lambda: features)
+        assert torch.equal(got, features)
+        assert lines == [f"embedding cache entry is broken, recomputing it: {why}"]
+        assert entry.read_bytes() == whole  # written again, as it was
+    save_file({"features": features}, str(entry))  # as versions that recorded no hash wrote it
+    assert _cache_lines(cache, "k", lambda: features)[1] == [
+        f"embedding cache entry is broken, recomputing it: {entry} records no hash of its features (written by "
+        f"an older version)"]
+    assert entry.read_bytes() == whole
+
+
+def test_a_cache_entry_that_cannot_be_written_is_left_out_and_the_evaluation_goes_on(tmp_path):
+    from eval.cache import EmbeddingCache
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    features = torch.randn(3, 2)
+    got, lines = _cache_lines(EmbeddingCache(tmp_path / "cache"), "k", lambda: features)
+    assert torch.equal(got, features)
+    assert lines == [f"cannot write embedding cache entry {tmp_path / 'cache' / 'k.safetensors'} (File exists); "
+                     f"the evaluation goes on without it"]
+
+
+def test_a_truncated_cache_entry_is_recomputed_by_the_program_with_the_same_metrics(model_dir, real_retrieval,
+                                                                                  tmp_path):
+    args = ["retrieval", "--model", model_dir, "--dataset", f"wds:{real_retrieval['wds']}", "--output",
+            tmp_path / "r.json", "--cache-dir", tmp_path / "cache", "--workers", "0"]
+    _eval(*args)
+    record = json.loads((tmp_path / "r.json").read_text())
+    images = next((tmp_path / "cache").glob("*-images.safetensors"))
+    whole = images.read_bytes()
+    images.write_bytes(whole[:len(whole) // 2])
+    out = _eval(*args)
+    assert out.count("embedding cache entry is broken, recomputing it: truncated safetensors file: "
+                     f"{images} holds ") == 1 and out.count("embeddings from cache") == 1
+    assert json.loads((tmp_path / "r.json").read_text()) == record
+    assert images.read_bytes() == whole
+    assert _eval(*args).count("embeddings from cache") == 2
