@@ -128,3 +128,51 @@ def test_too_many_bad_samples_stop_the_run(faulty_shards, tmp_path):
     with pytest.raises(UserError, match=r"were unusable, more than data.max_bad_fraction = 0.05"):
         train(_faulty_cfg(faulty_shards, "data.max_bad_fraction=0.05"), tmp_path / "run")
     assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.fixture()
+def infinite_lr(monkeypatch):
+    """The trainer's optimizer with lr = inf, as `optim.lr=inf` gave before the config refused it: the first
+    step makes every parameter but the clamped logit scale non-finite."""
+    import training.train
+    real = training.train.make_optimizer
+
+    def make_optimizer(*args, **kwargs):
+        optimizer = real(*args, **kwargs)
+        for group in optimizer.param_groups:
+            group["lr"] = math.inf
+        return optimizer
+    monkeypatch.setattr(training.train, "make_optimizer", make_optimizer)
+
+
+def test_a_model_gone_non_finite_is_never_saved_as_a_checkpoint(small_demo, tmp_path, infinite_lr):
+    import mmcontrast as mc
+    model = mc.create_model("tiny", seed=0)
+    floats = sum(t.is_floating_point() for t in model.state_dict().values())
+    total = floats + 3 * sum(p.requires_grad for p in model.parameters())  # and Adam's two moments and step
+    cfg = _cfg(small_demo, "schedule.steps=6", "checkpoint.every=1", "eval.retrieval=", "eval.zeroshot=")
+    with pytest.raises(UserError) as stopped:
+        train(cfg, tmp_path)
+    assert str(stopped.value).startswith(f"step 1: {floats - 1} of the {total} tensors of the training state hold "
+                                         f"NaN or inf (model.")
+    assert str(stopped.value).endswith("), so it is not saved as a checkpoint; there is no complete checkpoint; "
+                                       "lower optim.lr and train into a new --output (resuming repeats the same "
+                                       "steps)")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_non_finite_loss_stop_names_the_checkpoint_that_exists_or_says_there_is_none(small_demo, tmp_path,
+                                                                                         monkeypatch, infinite_lr):
+    cfg = _cfg(small_demo, "schedule.steps=20", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=")
+    with pytest.raises(UserError) as stopped:
+        train(cfg, tmp_path / "none")
+    assert str(stopped.value) == ("loss was not finite for 5 steps in a row at step 1; there is no complete "
+                                  "checkpoint; lower optim.lr?")
+    monkeypatch.undo()
+    monkeypatch.setitem(objectives.OBJECTIVES, "clip", lambda **kw: _NanOnCalls(set(range(3, 100)), **kw))
+    with pytest.raises(UserError) as stopped:
+        train(_cfg(small_demo, "schedule.steps=20", "checkpoint.every=2", "eval.retrieval=", "eval.zeroshot="),
+              tmp_path / "two")
+    assert str(stopped.value) == (f"loss was not finite for 5 steps in a row at step 2; the last complete "
+                                  f"checkpoint, {tmp_path / 'two' / 'checkpoints' / 'step_0000002'}, is kept; "
+                                  f"lower optim.lr?")
