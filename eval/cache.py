@@ -78,8 +78,9 @@ class EmbeddingCache:
         if path.is_file():
             try:
                 features = read_entry(path)
-            except UserError as e:  # the reader's advice to copy the file again is not for a cache
-                log(f"embedding cache entry is broken, recomputing it: {str(e).removesuffix('; copy or save it again')}")
+            except UserError as e:
+                why = str(e).removesuffix("; copy or save it again")  # advice for a model file, not a cache entry
+                log(f"embedding cache entry is broken, recomputing it: {why}")
             else:
                 log(f"embeddings from cache: {path}")
                 return features

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+
+import pytest
 
 import mmcontrast as mc
 from data_prep.writer import write_shard
+from mmcontrast.durable import Tally, write_verified
 from mmcontrast.model_dir import save_model_dir
 
 
@@ -58,3 +63,18 @@ def test_checkpoints_model_dirs_and_shards_are_flushed_before_they_are_named(tmp
 
     write_shard(tmp_path / "000000.tar", [{"__key__": "a", "txt": "x", "jpg": b"\xff\xd8"}])
     assert str(tmp_path / "000000.tar.tmp") in _flushed_before_rename(synced, str(tmp_path / "000000.tar.tmp"))
+
+
+def test_a_file_that_reads_back_other_than_written_is_refused(tmp_path):
+    path, tally = tmp_path / "f", Tally()
+
+    def write_then_cut(f):  # another writer truncates the file between the write and the flush to disk
+        f.write(b"0123456789" * 100)
+        f.flush()
+        os.truncate(path, 10)
+    with pytest.raises(OSError) as refused:
+        write_verified(path, write_then_cut, tally)
+    assert refused.value.errno == errno.EIO and tally.bytes == 1000
+    assert refused.value.strerror == f"{path} reads back as 10 bytes that differ from the 1,000 written"
+    assert write_verified(path, lambda f: f.write(b"abc")) == {
+        "bytes": 3, "blake2b": hashlib.blake2b(b"abc", digest_size=32).hexdigest()}
