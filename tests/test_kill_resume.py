@@ -47,12 +47,12 @@ def _logged_steps(run: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if "grad_norm" in r]
 
 
-def _kill_midway(cmd: list[str], run: Path) -> None:
-    """Start the run in its own process group and SIGKILL the whole group once step KILL_AFTER is logged."""
+def _kill_midway(cmd: list[str], run: Path, after: int = KILL_AFTER) -> None:
+    """Start the run in its own process group and SIGKILL the whole group once step ``after`` is logged."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
-    while max(_logged_steps(run), default=0) < KILL_AFTER:
+    while max(_logged_steps(run), default=0) < after:
         assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, "the run logged no step in time"
         time.sleep(0.05)
@@ -79,6 +79,40 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(small_demo, tmp_path, 
         assert torch.equal(ref[k], got[k]), k
     kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert kept == [f"step_{STEPS - 2:07d}", f"step_{STEPS:07d}"]  # the last two, no leftover .tmp
+
+
+def test_sigkill_then_broken_newest_checkpoints_resume_falls_back_and_ends_identical(small_demo, tmp_path):
+    """Killed after step 7, then the newest checkpoint's weights cut to a third and the one before it given a
+    garbage state.json: --resume auto skips both, a line each saying why, continues from the third newest and
+    ends bit-identical to the uninterrupted run."""
+    steps, extra = 10, ["schedule.steps=10", "checkpoint.keep=3"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(_command(small_demo, whole, 1, *extra))
+    _kill_midway(_command(small_demo, killed, 1, *extra), killed, after=7)
+    done = sorted(p for p in (killed / "checkpoints").iterdir() if p.suffix != ".tmp")
+    assert [p.name for p in done] in (["step_0000002", "step_0000004", "step_0000006"],
+                                      ["step_0000004", "step_0000006", "step_0000008"])
+    third, second, newest = done
+    weights = newest / "model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size // 3)
+    (second / "state.json").write_text("garbage")
+    proc = subprocess.run(_command(small_demo, killed, 1, *extra, "--resume", "auto"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = int(third.name.removeprefix("step_"))
+    assert proc.stdout.splitlines()[:3] == [
+        f"--resume auto: skipped {newest.name}: {weights} is {size // 3:,} bytes, but state.json records {size:,} "
+        f"(truncated or replaced since it was written)",
+        f"--resume auto: skipped {second.name}: {second / 'state.json'} is not valid JSON (Expecting value at line "
+        f"1 column 1)",
+        f"resumed from {third} at step {step}"]
+    assert _logged_steps(killed)[-(steps - step):] == list(range(step + 1, steps + 1))
+    ref = load_file(str(whole / "final" / "open_clip_model.safetensors"))
+    got = load_file(str(killed / "final" / "open_clip_model.safetensors"))
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "step_0000006", "step_0000008", "step_0000010"]  # the broken ones written again, no .tmp
 
 
 def _descendants(pid: int) -> list[int]:
