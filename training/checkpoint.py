@@ -186,7 +186,7 @@ def _write_failed(error: OSError, tmp: Path, tally: Tally, needed: int, ckpt_dir
     what = error.strerror or str(error)
     return UserError(f"cannot write checkpoint file {tally.file or tmp} ({what}): {tally.bytes:,} of the about "
                      f"{needed:,} bytes a checkpoint needs were written and {free}; "
-                     f"{tmp.name} {'removed' if remove else 'left for rank 0 to remove'}, "
+                     f"{tmp.name} {'removed' if remove else 'left (resume ignores it, the next save replaces it)'}, "
                      f"{last_complete(ckpt_dir, step - 1)}; free space (or lower checkpoint.keep) and continue "
                      f"with --resume auto")
 
@@ -239,6 +239,8 @@ def verify_checkpoint(path: Path) -> dict:
         raise UserError(f"{path / STATE} gives no step (a whole number, 0 or more)")
     if type(world) is not int or not 1 <= world <= MAX_PROCESSES:
         raise UserError(f"{path / STATE} gives no world_size (a whole number from 1 to {MAX_PROCESSES:,})")
+    if not isinstance(state.get("config"), (dict, type(None))):
+        raise UserError(f"{path / STATE} holds a config that is not a mapping")
     named = NAME.fullmatch(path.name)
     if named and int(named[1]) != step:
         raise UserError(f"{path / STATE} says step {step}, but the directory is {path.name}")
