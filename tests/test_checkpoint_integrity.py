@@ -215,3 +215,21 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_tmp_and_keeps_the_one_bef
     assert m, line
     assert 0 < int(m[1].replace(",", "")) < 100_000  # rank0.pt only: model.safetensors is one write, refused
     assert _snapshot(run / "checkpoints") == before  # step_0000002 byte for byte, no .tmp
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"step": "7"}, "gives no step (a whole number, 0 or more)"),
+    ({"world_size": 0}, "gives no world_size (a whole number from 1 to 65,536)"),
+    ({"config": [1]}, "holds a config that is not a mapping"),
+    ({"step": 2}, "says step 2, but the directory is step_0000001"),
+    ({"files": {"model.safetensors": {"bytes": 1}}}, ": its files entry is not a map of names to sizes and "
+                                                     "blake2b hashes"),
+    ({"files": {"../../x": {"bytes": 1, "blake2b": "0" * 64}}}, "records files no checkpoint holds: ../../x")])
+def test_a_state_json_that_does_not_hold_what_it_must_does_not_verify(tmp_path, state, change, why):
+    path = _save(tmp_path, 1, state)
+    recorded = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**recorded, **change}))
+    with pytest.raises(UserError) as refused:
+        resume_checkpoint(str(path), tmp_path, print)
+    assert str(refused.value) == f"--resume {path}: not a checkpoint to continue from: {path / 'state.json'}" + (
+        why if why.startswith(":") else f" {why}")
