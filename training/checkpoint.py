@@ -333,7 +333,7 @@ def resume_checkpoint(resume: str, ckpt_dir: Path, log: Callable[[str], None]) -
 
 
 # Settings that do not change what is learned, so a resumed run may change them.
-FREE_TO_CHANGE = ("eval.", "log.", "checkpoint.", "data.workers")
+FREE_TO_CHANGE = ("eval.", "log.", "checkpoint.", "data.workers", "data.max_bad_fraction")
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
