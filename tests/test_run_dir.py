@@ -107,6 +107,14 @@ def test_contradictions_are_refused(tmp_path, args, message):
     assert out.read_text() == "mine"
 
 
+def test_an_output_inside_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "run"
+    assert _one_line(_cli("--output", str(out), *TINY)) == \
+        f"error: --output {out} is inside {tmp_path / 'file'}, which is a file: choose another --output"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_a_fresh_run_into_a_directory_holding_only_a_stale_lock_starts(tmp_path):
     (tmp_path / LOCK).write_text("{}")
     check_run_dir(tmp_path, None, False)  # the lock file alone is not an earlier run

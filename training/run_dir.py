@@ -40,6 +40,9 @@ def _listing(names: list[str]) -> str:
 def _entries(out: Path) -> list[str]:
     """What ``out`` holds (folders with a trailing /), the lock file left out; [] when it does not exist."""
     if not out.exists():
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"--output {out} is inside {parent}, which is a file: choose another --output")
         return []
     if not out.is_dir():
         raise UserError(f"--output {out} is a file; a run directory is a folder: choose another --output")
