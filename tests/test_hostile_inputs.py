@@ -168,25 +168,34 @@ def test_the_loader_counts_the_shard_by_reason_and_goes_on(case, tmp_path):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_data_prep_check_reports_the_reason_in_one_line(case, tmp_path):
+    from data_prep.check import check_dir, format_report
     root = _shard_dir(tmp_path / "shards", _shard_bytes(case, tmp_path))
-    proc = _run("data_prep", "check", root, "--workers", "1")
-    assert proc.returncode == 1, proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("000001.tar:"))
-    assert CASES[case][1] in line
-    assert not any(ln.startswith(("000000.tar:", "000002.tar:")) for ln in proc.stdout.splitlines())
+    report = check_dir(root, workers=1, progress=False)
+    lines = format_report(report).splitlines()
+    assert not report["ok"]
+    assert CASES[case][1] in next(ln for ln in lines if ln.startswith("000001.tar:"))
+    assert not any(ln.startswith(("000000.tar:", "000002.tar:")) for ln in lines)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_data_prep_shards_skips_by_reason_and_keeps_the_rest(case, tmp_path):
+    from data_prep.shards import build_shards
     root = _shard_dir(tmp_path / "shards", _shard_bytes(case, tmp_path))
-    proc = _run("data_prep", "shards", "--input", root, "--out", tmp_path / "out", "--workers", "1")
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = build_shards(root, tmp_path / "out", workers=1, progress=False)
     _, reason, kept = CASES[case]
     # data_prep counts a broken input shard as unreadable_shard
     expected = {reason: 1} if reason in ("too_large", "caption_too_large") else {"unreadable_shard": 1}
     assert manifest["skipped"] == expected
     assert manifest["total"] == 4 + kept
+
+
+@pytest.mark.parametrize("case", ["huge_base256_size", "image_bomb_144_megapixels"])
+def test_the_data_prep_programs_end_without_a_traceback(case, tmp_path):
+    root = _shard_dir(tmp_path / "shards", _shard_bytes(case, tmp_path))
+    check = _run("data_prep", "check", root, "--workers", "1")
+    assert check.returncode == 1 and CASES[case][1] in check.stdout, check.stderr
+    shards = _run("data_prep", "shards", "--input", root, "--out", tmp_path / "out", "--workers", "1")
+    assert shards.returncode == 0 and "samples in 1 shard" in shards.stdout, shards.stderr
 
 
 @pytest.mark.parametrize("case", sorted(set(CASES) - {"caption_of_100_kib"}))

@@ -400,12 +400,14 @@ def test_a_sharded_transformers_directory_loads(saved, tmp_path):
     assert torch.equal(model.hf.text_projection.weight, saved["hf_state"]["text_projection.weight"])
 
 
-@pytest.mark.parametrize("case", [truncated_header, nan_weights, openclip_pretrained_garbage_bin, hf_hub_name],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("case", [truncated_header, hf_hub_name], ids=lambda c: c.__name__)
 def test_eval_prints_one_line_and_exits_2(case, saved, tmp_path):
+    """Two of the cases through the program (every case is asserted through mc.load above)."""
+    from PIL import Image
     spec, pretrained, expected = case(saved, tmp_path)
-    for name in ("a", "b"):  # an image folder with two classes: the model is what fails
+    for name in ("a", "b"):  # a sound image folder with two classes: the model is what fails
         (tmp_path / "set" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "set" / name / "0.png")
     argv = ["zeroshot", "--model", str(spec), "--dataset", f"imagefolder:{tmp_path / 'set'}",
             "--output", str(tmp_path / "out.json"), "--cache-dir", "", "--workers", "0", "--device", "cpu"]
     argv += ["--pretrained", str(pretrained)] if pretrained else []
