@@ -176,28 +176,23 @@ def nan_weights(saved, tmp):
     return d, None, f"{d / WEIGHTS} holds non-finite values in visual.proj (12 of 16,384); to load it anyway"
 
 
-def config_not_json(saved, tmp):
-    d = _model_dir(saved, tmp)
-    (d / CONFIG).write_text('{"model_cfg": {"embed_dim": 128,')
-    return d, None, f"{d / CONFIG} is not valid JSON (Expecting property name enclosed in double quotes at line 1"
+def _config_case(name: str, text: str, message: str):
+    """A case: the model directory's open_clip_config.json replaced by ``text``; the error starts with the file."""
+    def case(saved, tmp):
+        d = _model_dir(saved, tmp)
+        (d / CONFIG).write_text(text)
+        return d, None, f"{d / CONFIG}{message}"
+    case.__name__ = name
+    return case
 
 
-def config_a_list(saved, tmp):
-    d = _model_dir(saved, tmp)
-    (d / CONFIG).write_text("[1, 2]")
-    return d, None, f"{d / CONFIG} holds a JSON list, not an object"
-
-
-def config_without_model_cfg(saved, tmp):
-    d = _model_dir(saved, tmp)
-    (d / CONFIG).write_text('{"preprocess_cfg": {}}')
-    return d, None, f"{d / CONFIG} has no 'model_cfg' object"
-
-
-def config_that_builds_nothing(saved, tmp):
-    d = _model_dir(saved, tmp)
-    (d / CONFIG).write_text('{"model_cfg": {"embed_dim": 128}}')
-    return d, None, f"{d / CONFIG}: its model_cfg does not describe a model (TypeError: "
+config_not_json = _config_case("config_not_json", '{"model_cfg": {"embed_dim": 128,',
+                               " is not valid JSON (Expecting property name enclosed in double quotes at line 1")
+config_a_list = _config_case("config_a_list", "[1, 2]", " holds a JSON list, not an object")
+config_without_model_cfg = _config_case("config_without_model_cfg", '{"preprocess_cfg": {}}',
+                                        " has no 'model_cfg' object")
+config_that_builds_nothing = _config_case("config_that_builds_nothing", '{"model_cfg": {"embed_dim": 128}}',
+                                          ": its model_cfg does not describe a model (TypeError: ")
 
 
 def config_naming_a_hub_text_tower(saved, tmp):
