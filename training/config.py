@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from mmcontrast.data.limits import Limits
 from mmcontrast.errors import UserError
 
 from .config_keys import closest_keys, describe_keys, shown
@@ -53,10 +54,10 @@ class DataConfig:
     max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable:
                                     # judged at every log line once 256 samples were read, and at the end of
                                     # the run however few (exit status 2, counts by reason; 1: never stop)
-    max_image_pixels: int = 50_000_000  # width × height read from the image header; above: skipped (too_large)
-    max_caption_bytes: int = 65_536     # a key.txt above this: skipped (caption_too_large)
-    max_file_bytes: int = 268_435_456   # one file in a shard (256 MiB); above: read past, skipped (file_too_large)
-    max_pax_bytes: int = 1_048_576      # one pax header in a shard; above: the shard is corrupt (corrupt_shard)
+    max_image_pixels: int = Limits.max_image_pixels    # width × height from the image header; above: skipped (too_large)
+    max_caption_bytes: int = Limits.max_caption_bytes  # a key.txt above this: skipped (caption_too_large)
+    max_file_bytes: int = Limits.max_file_bytes        # one file in a shard; above: read past, skipped (file_too_large)
+    max_pax_bytes: int = Limits.max_pax_bytes          # one pax header in a shard; above: the shard is corrupt
 
 
 @dataclass
