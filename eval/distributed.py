@@ -9,21 +9,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from mmcontrast.distributed import rank, world_size
 
 
 def my_indices(n: int) -> list[int]:
-    rank, world = rank_and_world()
-    return list(range(rank, n, world))
+    return list(range(rank(), n, world_size()))
 
 
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """Rows computed for ``my_indices(n)`` on each rank → the [n, D] matrix in index order."""
-    rank, world = rank_and_world()
+    world = world_size()
     if world == 1:
         return local
     parts = [None] * world

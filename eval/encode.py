@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmcontrast.distributed import rank
 from mmcontrast.errors import UserError
 
-from .distributed import gather_rows, my_indices, rank_and_world
+from .distributed import gather_rows, my_indices
 from .sets import FileImages, WdsImages
 
 
@@ -53,7 +54,7 @@ def encode_images(model, preprocess: Callable, images: FileImages | WdsImages, b
     """[N, D] L2-normalised image features in fp32, identical on every process."""
     indices = my_indices(len(images))
     feats = []
-    show = progress and rank_and_world()[0] == 0
+    show = progress and rank() == 0
     with tqdm(total=len(indices), desc=desc, disable=not show, leave=False) as bar:
         for pixels in image_batches(images, indices, preprocess, batch_size, workers):
             with _autocast(device, dtype):

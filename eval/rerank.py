@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from mmcontrast.distributed import rank
 from mmcontrast.errors import UserError
 from mmcontrast.fusion import Streams
 from mmcontrast.metrics.retrieval import KS, positive_lists, recall_at_k
 
-from .distributed import gather_rows, my_indices, rank_and_world
+from .distributed import gather_rows, my_indices
 from .encode import _autocast, image_batches
 from .sets import RetrievalSet
 
@@ -118,7 +119,7 @@ def rerank_metrics(model, preprocess, tokenizer, ds: RetrievalSet, image_feature
     device = torch.device(device)
     text_to_image = torch.tensor(ds.text_to_image)
     image_streams, text_streams = encode_streams(model, preprocess, tokenizer, ds, batch_size, device, dtype,
-                                                 workers, progress and rank_and_world()[0] == 0)
+                                                 workers, progress and rank() == 0)
     k_i2t, k_t2i = min(k, len(ds.texts)), min(k, len(ds))
     scale = model.logit_scale.exp().float().cpu()
     # text → image: each caption's top images; its positive is its own image

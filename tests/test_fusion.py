@@ -378,8 +378,8 @@ def test_fusion_run_trains_reports_both_recalls_and_evaluates_from_the_cli(small
 
 
 def _rerank_worker(rank, world, retrieval_dir):
-    from eval.distributed import rank_and_world
-    assert rank_and_world() == (rank, world)
+    from mmcontrast import distributed
+    assert (distributed.rank(), distributed.world_size()) == (rank, world)
     model = small_fusion_model()
     _, preprocess = mc.make_transforms(model.preprocess_cfg)
     ds = read_wds(retrieval_dir).first_captions(2)
