@@ -19,6 +19,7 @@ from open_clip.transformer import text_global_pool
 
 from .errors import UserError
 from .fusion import IMAGE, TEXT, FusionConfig, PartitionedFusion, Streams, check_towers, text_valid
+from .model_dir_layout import is_model_dir, read_model_dir
 from .presets import get_model_cfg, with_towers
 from .transforms import preprocess_cfg_for
 
@@ -191,8 +192,6 @@ def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0,
     backbone, a transformers text encoder, or single keys). ``cfg_overrides`` replace top-level
     ``model_cfg`` keys; ``seed`` makes the init reproducible.
     """
-    from .model_dir import is_model_dir, read_model_dir  # model_dir builds models with this module
-
     preprocess_cfg = None
     if is_model_dir(name):
         config, _ = read_model_dir(name)
@@ -207,7 +206,3 @@ def create_model(name: str, seed: int | None = None, patch_dropout: float = 0.0,
         if seed is not None:
             torch.manual_seed(seed)
         return build_model(model_cfg, preprocess_cfg, pretrained_towers=pretrained_towers)
-
-
-def context_length(model: torch.nn.Module) -> int:
-    return model.model_cfg.get("text_cfg", {}).get("context_length", 77)

@@ -29,12 +29,11 @@ from safetensors.torch import save_file
 from .durable import fsync, fsync_tree
 from .errors import UserError
 from .model import build_model, resolve_package_path
-from .model_files import check_finite, check_fit, read_json_object, read_state_dict
+# is_model_dir, read_meta and read_model_dir are this module's API too (training and eval import them from here)
+from .model_dir_layout import (CONFIG_NAME, EXTRAS_NAME, META_NAME, WEIGHTS_NAME, is_model_dir, read_meta,
+                               read_model_dir)
+from .model_files import check_finite, check_fit, read_state_dict
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-EXTRAS_NAME = "extras.safetensors"
-META_NAME = "mmcontrast.json"
 EXTRA_PREFIX = "fusion."  # state-dict keys OpenCLIP's CLIP does not have
 
 
@@ -143,47 +142,6 @@ def replace_dir(tmp: Path, path: Path) -> Path:
         tmp.rename(path)
     fsync(path.parent)
     return path
-
-
-def is_model_dir(path: str | os.PathLike) -> bool:
-    return (Path(path).expanduser() / CONFIG_NAME).is_file()
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    """A model directory's ``mmcontrast.json`` ({} for directories written by open_clip)."""
-    meta_file = Path(path).expanduser() / META_NAME
-    meta = read_json_object(meta_file) if meta_file.is_file() else {}
-    if not isinstance(meta.get("fusion", {}), dict):
-        raise UserError(f"{meta_file}: 'fusion' is not an object")
-    return meta
-
-
-def read_model_dir(path: str | os.PathLike) -> tuple[dict, Path]:
-    """(``{"model_cfg", "preprocess_cfg"}``, weights file) of a model directory written here or by open_clip.
-
-    ``model_cfg`` includes the fusion config from ``mmcontrast.json`` when the model has fusion blocks."""
-    path = Path(path).expanduser()
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        hint = " (a weights file goes with openclip:ARCH and --pretrained)" if path.is_file() else ""
-        raise UserError(f"{path} is not a model directory: {CONFIG_NAME} is missing{hint}")
-    config = read_json_object(config_file)
-    if not isinstance(config.get("model_cfg"), dict):
-        raise UserError(f"{config_file} has no 'model_cfg' object (open_clip's layout: "
-                        f'{{"model_cfg": {{...}}, "preprocess_cfg": {{...}}}})')
-    if not isinstance(config.get("preprocess_cfg", {}), dict):
-        raise UserError(f"{config_file}: 'preprocess_cfg' is not an object")
-    fusion = read_meta(path).get("fusion")
-    if fusion is not None:
-        config["model_cfg"]["fusion"] = fusion
-        if not (path / EXTRAS_NAME).is_file():
-            raise UserError(f"{path}: {META_NAME} describes fusion blocks but {EXTRAS_NAME}, which holds their "
-                            f"weights, is missing")
-    weights = next((path / n for n in (WEIGHTS_NAME, "open_clip_pytorch_model.bin", "open_clip_model.pt")
-                    if (path / n).is_file()), None)
-    if weights is None:
-        raise UserError(f"{path} holds no weights: expected {WEIGHTS_NAME}")
-    return config, weights
 
 
 def build_from_config(model_cfg: dict, preprocess_cfg: dict | None, where: str | os.PathLike) -> torch.nn.Module:
