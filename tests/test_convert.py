@@ -11,7 +11,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 import mmcontrast as mc
-from mmcontrast.convert import clip_tokenizer
+from mmcontrast.conversion import clip_tokenizer
 from mmcontrast.errors import UserError
 
 TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
 
 import mmcontrast as mc
-from mmcontrast.convert import clip_tokenizer
+from mmcontrast.conversion import clip_tokenizer
 from mmcontrast.errors import UserError
 
 TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)

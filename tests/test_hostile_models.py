@@ -29,7 +29,7 @@ def saved(tmp_path_factory):
     """{"dir": a tiny model directory, "state": its tensors, "hf": a tiny transformers CLIP directory}."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from mmcontrast.convert import clip_tokenizer
+    from mmcontrast.conversion import clip_tokenizer
 
     root = tmp_path_factory.mktemp("hostile")
     mc.save_model_dir(mc.create_model("tiny", seed=0), root / "tiny")

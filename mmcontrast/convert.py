@@ -1,9 +1,13 @@
-"""``python -m mmcontrast.convert SRC DST [--overwrite]`` — see ``mmcontrast.convert``."""
+"""``python -m mmcontrast.convert SRC DST [--overwrite]`` — the command line of ``mmcontrast.conversion``.
+
+Run, not imported: the package's ``mc.convert`` is the function ``mmcontrast.conversion.convert``, and
+importing this module would bind the name ``mmcontrast.convert`` to the module instead.
+"""
 
 import sys
 
-from ..errors import UserError, run_main
-from . import convert
+from .conversion import convert
+from .errors import UserError, run_main
 
 USAGE = """usage: python -m mmcontrast.convert SRC DST [--overwrite]
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from ..errors import UserError
-from ..model import build_model
-from ..model_dir import CONFIG_NAME, check_can_replace, fresh_tmp_dir, load_model_dir, replace_dir, save_model_dir
-from ..model_files import read_json_object
-from ..transforms import preprocess_cfg_for
+from .errors import UserError
+from .model import build_model
+from .model_dir import CONFIG_NAME, check_can_replace, fresh_tmp_dir, load_model_dir, replace_dir, save_model_dir
+from .model_files import read_json_object
+from .transforms import preprocess_cfg_for
 
 # The open_clip tokenizer's special tokens, as transformers' CLIPTokenizer spells them.
 SPECIAL_TOKENS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
@@ -194,7 +194,7 @@ def hf_to_model_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """A transformers CLIP directory → this project's (open_clip-loadable) model directory."""
     from transformers import CLIPConfig
 
-    from ..hf import check_weight_files, load_hf_model
+    from .hf import check_weight_files, load_hf_model
 
     src = Path(src).resolve()
     try:
