@@ -31,8 +31,8 @@ def main(demo: Path, out: Path, *overrides: str) -> None:
                                                      "schedule.warmup=1", *overrides])
     t = setup(cfg, out, None)
     rank, world = t.accelerator.process_index, t.accelerator.num_processes
-    stream = t.loader.stream
-    fixed = mc.make_loader(cfg.data.train, stream.transform, stream.tokenizer, GLOBAL_BATCH, shuffle_buffer=0,
+    spec = t.loader.spec  # the trainer's transform and tokenizer
+    fixed = mc.make_loader(cfg.data.train, spec.transform, spec.tokenizer, GLOBAL_BATCH, shuffle_buffer=0,
                            repeat=False, caption="first")
     batch = next(iter(fixed))
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)

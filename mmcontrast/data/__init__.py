@@ -2,9 +2,10 @@
 
 import importlib
 
+from .stream_spec import StreamSpec
 from .urls import count_samples, expand_urls, read_manifest
 
-__all__ = ["Loader", "make_loader", "count_samples", "expand_urls", "read_manifest"]
+__all__ = ["Loader", "StreamSpec", "make_loader", "count_samples", "expand_urls", "read_manifest"]
 
 
 def __getattr__(name: str):

@@ -1,237 +1,92 @@
 """The webdataset pipeline: shards → batches, split by node and worker, deterministic and resumable.
 
 ```
-shard list ─► shuffle (seed, epoch) ─► this rank's and worker's slice ─► tar → samples
-  ─► shuffle buffer ─► decode (bad samples counted by reason, skipped) ─► transform + tokenize
-  ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}
+slot_shards   shard list ─► shuffle (seed, epoch) ─► this slot's slice, or weighted draws (seed, epoch, slot)
+read_samples    ─► tar → samples
+shuffled        ─► shuffle buffer (seed, epoch, slot)
+decode          ─► image + caption lines (bad samples counted by reason, skipped)
+Examples        ─► transform + caption choice (seed, epoch, key)
+Batching        ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}, tokenized by collate;
+                   the slot's position (epoch, batch index)
 ```
+A slot is one worker of one rank. The stages are in ``mmcontrast.data.stages``, configured by one
+``StreamSpec``; ``SlotStream`` runs them in each worker, ``Loader`` records every slot's position.
 Resampled (``resampled=True``): instead of a slice, every worker of every rank draws shards with
 replacement — from several sources with sampling weights — and an epoch is a "virtual epoch" of a
 fixed number of batches (webdataset's ``ResampledShards``; OpenCLIP's ``--dataset-resampled``).
 
 Every random choice is a function of (seed, epoch, slot) or of (seed, epoch, key): the stream of a
-slot (one worker of one rank) never depends on timing, so a run resumed from a recorded position
-sees exactly the batches it would have seen. The loader is not passed through
-``accelerator.prepare`` (which would funnel or double-split it); ranks split shards here.
+slot never depends on timing, so a run resumed from a recorded position sees exactly the batches it
+would have seen. The loader is not passed through ``accelerator.prepare`` (which would funnel or
+double-split it); ranks split shards here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import math
 import random
-import zlib
 from collections import Counter
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image
 
 from ..errors import UserError
-from .images import to_rgb
-from .limits import ImageTooLarge, Limits, open_image
-from .tar import IMAGE_EXTS, ShardError, shard_samples
-from .urls import count_samples, expand_sources
+from .limits import Limits
+from .stages import (SAMPLE_FAULTS, SHARD_FAULTS, Batching, Examples, collate, decode, read_samples, seed_of,
+                     shuffled, slot_of, slot_shards, trim_padding)
+from .stream_spec import StreamSpec, shard_plan
 from .worker_signals import leave_stop_signals_to_parent
 
-TEXT_EXTS = ("txt",)
-# Why data was skipped: per sample, and per shard (a broken shard counts once per pass, however it fails)
-SAMPLE_FAULTS = ("corrupt_image", "missing_caption", "missing_image", "bad_tar_entry", "too_large",
-                 "caption_too_large", "file_too_large")
-SHARD_FAULTS = ("truncated_shard", "corrupt_shard", "unreadable_shard")
+# the fault names and trim_padding are the stages'; the trainer and the tests import them from here
+__all__ = ["SAMPLE_FAULTS", "SHARD_FAULTS", "Loader", "SlotStream", "StreamSpec", "decode_size_for", "make_loader",
+           "trim_padding"]
 
 
-def _seed(*parts) -> int:
-    return zlib.crc32(" ".join(map(str, parts)).encode())
+class SlotStream(torch.utils.data.IterableDataset):
+    """Batches for one rank; inside a DataLoader each worker runs the stages for its own slot."""
 
-
-class ShardStream(torch.utils.data.IterableDataset):
-    """Batches for one rank; inside a DataLoader each worker takes its own slice of shards."""
-
-    def __init__(self, urls: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
-                 seed: int, shuffle_buffer: int, rank: int, world_size: int, repeat: bool,
-                 caption: str, positions: dict[int, tuple[int, int]], worker_offset: int,
-                 view_transform: Callable | None = None, ids_from: str = "",
-                 draw_weights: list[float] | None = None, epoch_batches: int = 0, trim_text: bool = False,
-                 decode_size: int = 0, limits: Limits = Limits()):
+    def __init__(self, spec: StreamSpec, positions: dict[int, tuple[int, int]], worker_offset: int):
         super().__init__()
-        self.limits = limits
-        self.trim_text, self.decode_size = trim_text, decode_size
-        # resampling: cumulative per-shard probabilities, and each slot's batches per virtual epoch
-        self.cum_weights = list(itertools.accumulate(draw_weights)) if draw_weights else None
-        self.epoch_batches = epoch_batches
-        self.view_transform, self.ids_from = view_transform, ids_from
-        self.urls, self.transform, self.tokenizer = urls, transform, tokenizer
-        self._shard_index = {url: i for i, url in enumerate(urls)}
-        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.rank, self.world_size, self.repeat, self.caption = rank, world_size, repeat, caption
-        self.positions, self.worker_offset = positions, worker_offset
+        self.spec, self.positions, self.worker_offset = spec, positions, worker_offset
 
-    def _slot(self) -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        local = (wid + self.worker_offset) % nw  # rotated on resume so round-robin order continues
-        return self.rank * nw + local, self.world_size * nw
-
-    def _samples(self, shards: Iterator[str], skipped: Counter) -> Iterator[dict]:
-        empty_in_a_row = 0
-        for draw, url in enumerate(shards):
-            found = False
-            try:
-                for sample in shard_samples(url, lambda name: skipped.update(["bad_tar_entry"]), self.limits):
-                    found = True
-                    yield {**sample, "__draw__": draw}
-            except ShardError as exn:  # once per pass; the stream goes on
-                skipped[exn.reason] += 1
-            empty_in_a_row = 0 if found else empty_in_a_row + 1
-            if self.cum_weights and empty_in_a_row > 2 * len(self.urls) + 10:  # endless draws, nothing to read
-                raise UserError(f"{empty_in_a_row} shards drawn in a row held no sample (skipped: {dict(skipped)}); "
-                                f"check the shards of data.train")
-
-    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
-        if self.shuffle_buffer <= 1:
-            yield from samples
-            return
-        buf: list[dict] = []
-        for s in samples:
-            buf.append(s)
-            if len(buf) >= self.shuffle_buffer:
-                yield buf.pop(rng.randrange(len(buf)))
-        rng.shuffle(buf)
-        yield from buf
-
-    def _decode(self, sample: dict, skipped: Counter) -> tuple[Image.Image, list[str]] | None:
-        if "__error__" in sample:
-            skipped[sample["__error__"]] += 1
-            return None
-        ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        if ext is None:
-            skipped["missing_image"] += 1
-            return None
-        text = next((sample[e] for e in TEXT_EXTS if e in sample), None)
-        if text is not None and len(text) > self.limits.max_caption_bytes:
-            skipped["caption_too_large"] += 1
-            return None
-        lines = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines()] if text else []
-        lines = [ln for ln in lines if ln]
-        if not lines:
-            skipped["missing_caption"] += 1
-            return None
-        try:
-            img = open_image(sample[ext], self.limits.max_image_pixels)  # the header only, so far
-            if self.decode_size and img.format == "JPEG":
-                # libjpeg's DCT scaling: decode at 1/2, 1/4 or 1/8 size while both sides stay ≥ decode_size
-                img.draft("RGB", (self.decode_size, self.decode_size))
-            img = to_rgb(img)  # forces the full decode, so truncated data fails here; 16-bit scaled
-        except ImageTooLarge:
-            skipped["too_large"] += 1
-            return None
-        except Exception:
-            skipped["corrupt_image"] += 1
-            return None
-        return img, lines
-
-    def _prepare(self, img: Image.Image, lines: list[str], sample_id: str, epoch: int):
-        # Augmentation and caption choice are seeded by the sample itself: reproducible on resume.
-        s = _seed(self.seed, epoch, sample_id)
-        caption = lines[0] if self.caption == "first" else random.Random(s).choice(lines)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator alone: torch.manual_seed would also queue a lazy seed for every other
-            # backend (CUDA, XPU, MTIA), each recording a stack trace — 0.6 ms per sample, most of decoding
-            torch.default_generator.manual_seed(s)
-            image = self.transform(img)
-            # Two more augmented views when the objective asks for them (SLIP's SimCLR term), same seed stream
-            views = (self.view_transform(img), self.view_transform(img)) if self.view_transform else None
-        return image, caption, views
-
-    def _positive_id(self, sample: dict, sample_id: str) -> int:
-        """A 64-bit id of the sample's ``ids_from`` field in ``key.json`` (e.g. the source image path):
-        samples that share it are positives of each other. A sample without the field is its own group."""
-        if not self.ids_from:
-            return 0
-        try:
-            value = json.loads(sample["json"]).get(self.ids_from) if "json" in sample else None
-        except (ValueError, AttributeError):
-            value = None
-        text = f"{self.ids_from}={value}" if value is not None else f"sample={sample_id}"
-        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
-
-    def _batch(self, items: list) -> dict:
-        images, captions, views, keys, ids = zip(*items)
-        text = self.tokenizer(list(captions))
-        if self.trim_text:
-            text = trim_padding(text)
-        batch = {"image": torch.stack(images), "text": text, "key": list(keys)}
-        if self.ids_from:
-            batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
-        if self.view_transform:
-            batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,b,...]
-        return batch
-
-    def _epoch_shards(self, epoch: int, slot: int, nslots: int) -> Iterator[str]:
-        """This slot's shards in an epoch: its slice of a seeded shuffle, or endless weighted draws."""
-        if self.cum_weights:
-            rng = random.Random(_seed(self.seed, "resample", epoch, slot))
-            return (rng.choices(self.urls, cum_weights=self.cum_weights)[0] for _ in itertools.count())
-        order = list(self.urls)
-        random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-        return iter(order[slot::nslots])
-
-    def __iter__(self):
-        slot, nslots = self._slot()
-        start_epoch, start_batch = self.positions.get(slot, (0, 0))
-        if self.epoch_batches and start_batch >= self.epoch_batches:  # stopped right at a virtual epoch's end
-            start_epoch, start_batch = start_epoch + 1, 0
-        skipped: Counter = Counter()
-        epoch = start_epoch
+    def __iter__(self) -> Iterator[dict]:
+        spec = self.spec
+        slot, nslots = slot_of(spec.rank, spec.world_size, self.worker_offset)
+        batching = Batching(spec, *self.positions.get(slot, (0, 0)))
+        examples, skipped = Examples(spec), Counter()
+        max_empty = 2 * len(spec.shards) + 10 if spec.resampled else None  # endless draws, nothing to read
         while True:
-            shards = self._epoch_shards(epoch, slot, nslots)
-            rng = random.Random(_seed(self.seed, "samples", epoch, slot))
-            to_skip = start_batch * self.batch_size if epoch == start_epoch else 0
-            batch_index = start_batch if epoch == start_epoch else 0
-            items: list = []
-            read_since_batch = 0
-            for sample in self._shuffled(self._samples(shards, skipped), rng):
-                read_since_batch += 1
-                if self.cum_weights and read_since_batch > 100 * self.batch_size:
-                    raise UserError(f"{read_since_batch} samples drawn without a full batch of {self.batch_size} "
-                                    f"(skipped: {dict(skipped)}); check the shards of data.train")
-                decoded = self._decode(sample, skipped)
-                if decoded is None:
+            epoch = batching.epoch
+            samples = read_samples(slot_shards(spec, epoch, slot, nslots), spec.limits, skipped, max_empty)
+            rng = random.Random(seed_of(spec.seed, "samples", epoch, slot))
+            for sample in shuffled(samples, spec.shuffle_buffer, rng):
+                batching.drew(skipped)
+                decoded = decode(sample, spec.limits, spec.decode_size, skipped)
+                if decoded is None or batching.replayed(skipped):
                     continue
-                if to_skip:
-                    to_skip -= 1
-                    if to_skip == 0:
-                        skipped.clear()  # what was skipped over is already in the checkpoint's counts
-                    continue
-                # keys may repeat across sources; the shard's index (not its path) keeps a moved dataset identical
-                sample_id = f"{self._shard_index[sample['__url__']]}/{sample['__key__']}"
-                # a shard drawn twice in one virtual epoch gives its samples new augmentations the second time
-                seed_id = f"{sample_id}@{sample['__draw__']}" if self.cum_weights else sample_id
-                items.append((*self._prepare(*decoded, seed_id, epoch), sample["__key__"],
-                              self._positive_id(sample, sample_id)))
-                if len(items) == self.batch_size:
-                    batch_index += 1
-                    read_since_batch = 0
-                    yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
-                    items = []
-                    if self.epoch_batches and batch_index == self.epoch_batches:
-                        break  # the end of a virtual epoch
-            if not self.repeat:
-                if items:  # evaluation keeps the last partial batch
-                    batch_index += 1
-                    yield {**self._batch(items), "pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
+                full = batching.add(examples(sample, *decoded, epoch))
+                if full:
+                    yield self._batch(full, slot, batching, skipped)
+                    if batching.epoch_ended:
+                        break
+            if not spec.repeat:
+                rest = batching.rest()
+                if rest:  # evaluation keeps the last partial batch
+                    yield self._batch(rest, slot, batching, skipped)
                 # the final counts: what broke after the last batch (or in a slot with no batch) counts too
-                yield {"pos": (slot, epoch, batch_index), "skipped": dict(skipped)}
+                yield {"pos": (slot, *batching.position), "skipped": dict(skipped)}
                 return
-            if batch_index == 0:  # a pass that yields nothing would loop forever
-                raise UserError(f"one pass over the shards of rank {self.rank} gave no full batch of "
-                                f"{self.batch_size} samples (skipped: {dict(skipped)}); check the shards or "
+            if batching.index == 0:  # a pass that yields nothing would loop forever
+                raise UserError(f"one pass over the shards of rank {spec.rank} gave no full batch of "
+                                f"{spec.batch_size} samples (skipped: {dict(skipped)}); check the shards or "
                                 f"lower the batch size")
-            # Training drops the partial batch at the end of each pass: every batch is full.
-            epoch += 1
+            batching.next_epoch()
+
+    def _batch(self, examples: list, slot: int, batching: Batching, skipped: Counter) -> dict:
+        # the position and the counts travel with the batch out of the worker process, to the Loader
+        spec = self.spec
+        return {**collate(examples, spec.tokenizer, spec.trim_text, spec.ids_from),
+                "pos": (slot, *batching.position), "skipped": dict(skipped)}
 
 
 def decode_size_for(image_size: int, min_crop_scale: float, min_aspect: float = 3 / 4) -> int:
@@ -240,20 +95,13 @@ def decode_size_for(image_size: int, min_crop_scale: float, min_aspect: float = 
     return math.ceil(image_size / math.sqrt(min_crop_scale * min_aspect))
 
 
-def trim_padding(tokens: torch.Tensor, multiple: int = 8) -> torch.Tensor:
-    """Token rows cut after the batch's longest caption (pad id 0), rounded up to a multiple of 8 so
-    that few distinct shapes occur (compiled graphs, matmul tiles)."""
-    used = tokens.ne(0).any(dim=0).nonzero()
-    length = int(used.max()) + 1 if used.numel() else 1
-    return tokens[:, :min(tokens.shape[1], -(-length // multiple) * multiple)]
-
-
 class Loader:
     """Iterates batches; tracks the consumed position and the skipped-sample counts of all workers."""
 
-    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool, consumed: int,
+    def __init__(self, stream: SlotStream, num_workers: int, pin_memory: bool, consumed: int,
                  skipped: dict[str, int] | None):
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+        self.spec = stream.spec
         self.consumed = consumed
         self.positions = dict(stream.positions)
         self._base_skipped = Counter(skipped or {})
@@ -313,39 +161,15 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     ``decode_size``: decode JPEGs at a reduced scale whose sides stay at least this large (``decode_size_for``).
     ``limits``: what one file, caption or image may cost (``mmcontrast.data.limits.Limits``); above, it is skipped.
     """
-    sources = expand_sources(urls)
-    shards = [u for source in sources for u in source]
     workers = max(1, num_workers)
-    draw_weights, epoch_batches = None, 0
-    if weights and not resampled:
-        raise UserError("source weights need resampled shards: set data.resampled=true")
-    if resampled:
-        draw_weights = _draw_weights(sources, weights)
-        epoch_samples = epoch_samples or count_samples(urls) or 0
-        if epoch_samples <= 0:
-            raise UserError("resampled shards need a virtual epoch length: set data.epoch_samples "
-                            "(the sources have no manifest.json to count them)")
-        epoch_batches = math.ceil(epoch_samples / (batch_size * world_size * workers))
-    elif repeat and len(shards) < world_size * workers:
-        raise UserError(f"{len(shards)} shards cannot feed {world_size} process(es) × {workers} worker(s): "
-                        f"write more, smaller shards, use fewer data workers or set data.resampled=true")
+    shards, draw_weights, epoch_batches = shard_plan(urls, batch_size, world_size, workers, repeat, resampled,
+                                                     weights, epoch_samples)
+    spec = StreamSpec(shards, transform, tokenizer, batch_size, seed=seed, shuffle_buffer=shuffle_buffer, rank=rank,
+                      world_size=world_size, repeat=repeat, caption=caption, view_transform=view_transform,
+                      ids_from=ids_from, draw_weights=draw_weights, epoch_batches=epoch_batches,
+                      trim_text=trim_text, decode_size=decode_size, limits=limits)
     state = state or {}
     consumed = int(state.get("consumed", 0))
     positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}
-    stream = ShardStream(shards, transform, tokenizer, batch_size, seed, shuffle_buffer, rank, world_size,
-                         repeat, caption, positions, worker_offset=consumed % workers,
-                         view_transform=view_transform, ids_from=ids_from, draw_weights=draw_weights,
-                         epoch_batches=epoch_batches, trim_text=trim_text, decode_size=decode_size, limits=limits)
+    stream = SlotStream(spec, positions, worker_offset=consumed % workers)
     return Loader(stream, num_workers, pin_memory, consumed, state.get("skipped"))
-
-
-def _draw_weights(sources: list[list[str]], weights: list[float] | None) -> list[float]:
-    """Per-shard draw probabilities: source s gets ``weights[s]``, shared equally by its shards."""
-    if not weights:
-        return [1.0] * sum(map(len, sources))
-    if len(weights) != len(sources):
-        raise UserError(f"data.weights has {len(weights)} weight(s) for {len(sources)} source(s) in data.train "
-                        f"(sources are separated by '::')")
-    if any(w < 0 for w in weights) or not sum(weights) > 0:
-        raise UserError(f"data.weights must be ≥ 0 with a positive sum, got {weights}")
-    return [w / len(source) for source, w in zip(sources, weights) for _ in source]
