@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pytest
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import mmcontrast as mc
 from mmcontrast.data.loader import decode_size_for, trim_padding
@@ -55,17 +57,29 @@ def test_loader_decodes_large_jpegs_at_reduced_size(tmp_path):
         assert sizes.pop() == expected
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cpu_attention_kernel_choice_gives_the_same_features(precision):
+def test_cpu_bf16_attention_kernel_choice_gives_the_same_features():
     model = mc.create_model("tiny", seed=0)
     image = torch.randn(4, 3, 64, 64)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    with torch.autocast("cpu", dtype=dtype, enabled=precision == "bf16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = model.encode_image(image).float()
-        with training_attention(torch.device("cpu"), precision):
+        with training_attention(torch.device("cpu"), "bf16"):
             got = model.encode_image(image).float()
-    tol = 3e-2 if precision == "bf16" else 1e-5  # bf16 kernels round differently
-    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(got, ref, atol=3e-2, rtol=3e-2)  # bf16 kernels round differently
+
+
+def test_cpu_fp32_keeps_pytorchs_attention_kernel_which_agrees_with_the_math_kernel():
+    """fp32 leaves PyTorch's choice (flash on a CPU) in place; the math kernel gives the same features."""
+    assert isinstance(training_attention(torch.device("cpu"), "fp32"), contextlib.nullcontext)
+    model = mc.create_model("tiny", seed=0)
+    image, text = torch.randn(4, 3, 64, 64), torch.randint(1, 1000, (4, 32))
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION), pytest.raises(RuntimeError, match="No viable backend"):
+        model.encode_image(image)  # a CUDA-only kernel: the forced choice reaches the towers' attention
+    for encode, x in ((model.encode_image, image), (model.encode_text, text)):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = encode(x)
+        with sdpa_kernel(SDPBackend.MATH):
+            math = encode(x)
+        torch.testing.assert_close(flash, math, atol=1e-5, rtol=1e-5)
 
 
 def test_uint8_crop_follows_the_random_resized_crop_rule_and_normalises_like_torchvision():
