@@ -53,15 +53,15 @@ def time_tar(shard_samples, shards: list[str]) -> float:
 
 def time_loader(reader, shards_dir: str, batches: int) -> float:
     import mmcontrast as mc
-    from mmcontrast.data import loader as loader_module
+    from mmcontrast.data import stages
     from mmcontrast.data.loader import decode_size_for
     from mmcontrast.transforms import make_uint8_train_transform
 
     model = mc.create_model("tiny")
     crop, _ = make_uint8_train_transform(model.preprocess_cfg, (0.9, 1.0))
     tokenizer = mc.make_tokenizer(model.model_cfg)
-    original = loader_module.shard_samples
-    loader_module.shard_samples = reader
+    original = stages.shard_samples
+    stages.shard_samples = reader
     try:
         loader = mc.make_loader(shards_dir, crop, tokenizer, 128, seed=0, num_workers=0, trim_text=True,
                                 decode_size=decode_size_for(model.preprocess_cfg["size"], 0.9))
@@ -72,7 +72,7 @@ def time_loader(reader, shards_dir: str, batches: int) -> float:
             next(it)
         return time.perf_counter() - start
     finally:
-        loader_module.shard_samples = original
+        stages.shard_samples = original
 
 
 def main() -> None:
