@@ -12,7 +12,9 @@ features r_i, so ∂L/∂Θ = Σ_i (∂L/∂r_i)ᵀ ∂r_i/∂Θ. One step:
 
 The sum over chunks is exactly the full-batch gradient (``tests/test_gradcache.py``). Unlike
 OpenCLIP's ``--accum-freq``, the loss is evaluated once (its logit scale gets 1×, not k×, its
-gradient) and the random state is replayed. Under DDP only the last chunk synchronises gradients.
+gradient) and the random state is replayed. Under DDP only the last chunk synchronises gradients; the
+trainer passes its prepared ``ModelAndObjective``, whose ``forward(image, text)`` encodes a chunk under
+its own autocast, so that the chunks go through the DDP wrapper.
 Memory: one chunk's activations plus the N×d features and their gradients plus the logits.
 """
 
@@ -24,6 +26,7 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import get_device_states, set_device_states
 
+from .objectives.base import Objective
 from .objectives.pairs import at_least_fp32
 
 
@@ -49,13 +52,13 @@ def _features(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return at_least_fp32(out["image_features"]), at_least_fp32(out["text_features"])
 
 
-def grad_cache_step(model: torch.nn.Module, objective: Callable, batch: dict, chunk_size: int,
-                    loss_params: Callable[[], dict], autocast: Callable = nullcontext,
-                    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+def grad_cache_step(model: torch.nn.Module, objective: Objective, batch: dict, chunk_size: int,
+                    loss_params: Callable[[], dict], backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                     no_sync: Callable = nullcontext, replay_rng: bool = True) -> dict:
     """Forward and backward of one step in chunks of ``chunk_size``; returns the objective's losses.
 
-    ``loss_params()``: the objective's live parameters, e.g. ``{"logit_scale": m.logit_scale.exp()}``.
+    ``model(image, text)``: the model's outputs for a chunk. ``objective``: one whose ``grad_cache_refusal()``
+    is None. ``loss_params()``: the objective's live parameters, e.g. ``{"logit_scale": m.logit_scale.exp()}``.
     ``backward``: how the loss is back-propagated (``accelerator.backward`` scales it under fp16; the
     cached feature gradients are then scaled too). ``no_sync()``: DDP's no-sync context, entered for
     every chunk but the last. ``replay_rng=False`` exists only to show that replay is needed.
@@ -66,8 +69,7 @@ def grad_cache_step(model: torch.nn.Module, objective: Callable, batch: dict, ch
     with torch.no_grad():
         for c in chunks:
             states.append(RandContext(image[c], text[c]) if replay_rng else nullcontext())
-            with autocast():
-                u, v = _features(model(image[c], text[c]))
+            u, v = _features(model(image[c], text[c]))
             image_reps.append(u)
             text_reps.append(v)
     image_features = torch.cat(image_reps).requires_grad_()
@@ -76,8 +78,7 @@ def grad_cache_step(model: torch.nn.Module, objective: Callable, batch: dict, ch
     backward(losses["loss"])
     for k, (c, state) in enumerate(zip(chunks, states)):
         with (no_sync() if k < len(chunks) - 1 else nullcontext()), state:
-            with autocast():
-                out = model(image[c], text[c])
+            out = model(image[c], text[c])
             u, v = _features(out)
             surrogate = (u * image_features.grad[c]).sum() + (v * text_features.grad[c]).sum()
             # Zero-weight terms put the loss parameters in this graph too, so DDP sees every parameter used

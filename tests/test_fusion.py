@@ -19,7 +19,7 @@ from eval.rerank import rerank_metrics
 from eval.retrieval import run_retrieval
 from mmcontrast.errors import UserError
 from mmcontrast.fusion import FUSION, IMAGE, TEXT, partition_mask
-from mmcontrast.objectives import ClipLoss, MomentumDistillation, WithFusion, sample_hard_negatives
+from mmcontrast.objectives import ClipLoss, FusionTerms, MomentumDistillation, WithFusion, sample_hard_negatives
 from mmcontrast.objectives.fusion import draw_without_replacement, local_positives
 from training.config import load_config
 from training.train import build, train
@@ -198,11 +198,12 @@ def test_sampled_itm_negatives_never_share_an_id_and_follow_the_softmax():
 
 def test_itm_rerank_and_zorro_terms_train_every_fusion_parameter(model, inputs):
     image, text, _ = inputs
-    objective = WithFusion(ClipLoss(), itm_weight=1.0, rerank_weight=0.25, rerank_negatives=2, zorro_weight=0.5)
+    objective = WithFusion(ClipLoss(), FusionTerms(itm_weight=1.0, rerank_weight=0.25, rerank_negatives=2,
+                                                   zorro_weight=0.5))
     objective.attach(model)
     model.train()
     try:
-        losses = objective(**model(image, text), batch={"sample_id": torch.tensor([0, 1, 2, 0])})
+        losses = objective(**model(image, text), batch={"sample_id": torch.tensor([0, 1, 2, 0])}, model=model)
         losses["loss"].backward()
     finally:
         model.eval()
@@ -215,7 +216,7 @@ def test_itm_rerank_and_zorro_terms_train_every_fusion_parameter(model, inputs):
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
     model.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="learn nothing"):
-        WithFusion(ClipLoss(), itm_weight=0.0, zorro_weight=0.0)
+        FusionTerms(itm_weight=0.0, zorro_weight=0.0)
 
 
 def test_a_momentum_objective_under_fusion_is_the_same_objective(model, inputs):
@@ -223,7 +224,7 @@ def test_a_momentum_objective_under_fusion_is_the_same_objective(model, inputs):
     momentum loss of the objective alone, and the teacher and queues move the same way."""
     image, text, _ = inputs
     alone, inner = MomentumDistillation(queue_size=8), MomentumDistillation(queue_size=8)
-    objective = WithFusion(inner, itm_weight=1.0, rerank_weight=0.5, rerank_negatives=1)
+    objective = WithFusion(inner, FusionTerms(itm_weight=1.0, rerank_weight=0.5, rerank_negatives=1))
     alone.attach(model)
     objective.attach(model)
     batch = {"image": image, "text": text}
@@ -232,7 +233,7 @@ def test_a_momentum_objective_under_fusion_is_the_same_objective(model, inputs):
     try:
         out = model(image, text)
         reference = alone(**{k: v for k, v in out.items() if k != "fusion"}, batch=batch)
-        losses = objective(**out, batch=batch)
+        losses = objective(**out, batch=batch, model=model)
         losses["loss"].backward()
     finally:
         model.eval()

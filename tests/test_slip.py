@@ -52,6 +52,31 @@ def test_nt_xent_two_processes_equal_one():
     torch.testing.assert_close(torch.cat([r[2] for r in results]) / 2, b.grad)
 
 
+def _ddp_head_worker(rank, world):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from mmcontrast.objectives import ModelAndObjective
+    torch.manual_seed(0)  # the same head on both ranks
+    model = mc.create_model("tiny", seed=0).train()
+    objective = mc.make_objective("slip", mlp_dim=16, ssl_dim=8)
+    objective.attach(model)
+    ddp = DDP(ModelAndObjective(model, objective))
+    g = torch.Generator().manual_seed(rank)  # each rank its own samples
+    batch = {"image": torch.randn(4, 3, 64, 64, generator=g), "text": torch.randint(1, 49000, (4, 32), generator=g),
+             "image_views": torch.randn(2, 4, 3, 64, 64, generator=g)}
+    ddp(batch["image"], batch["text"], batch)["loss"].backward()
+    return {n: p.grad for n, p in objective.named_parameters()}
+
+
+def test_ddp_averages_the_head_gradients_with_the_model():
+    """The head is a parameter of the one module DDP wraps: both ranks hold the same, averaged, gradient."""
+    first, second = run_workers(_ddp_head_worker, 2)
+    assert first.keys() == second.keys() and any(k.startswith("head.") for k in first)
+    for name in first:
+        assert torch.count_nonzero(first[name]) > 0, name
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+
+
 def test_slip_loss_is_clip_plus_scaled_ssl():
     model = mc.create_model("tiny", seed=0).train()
     objective = mc.make_objective("slip", ssl_scale=0.5, mlp_dim=64, ssl_dim=32)
@@ -59,14 +84,14 @@ def test_slip_loss_is_clip_plus_scaled_ssl():
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(6, 3, 64, 64, generator=g), "text": torch.randint(1, 49000, (6, 32), generator=g),
              "image_views": torch.randn(2, 6, 3, 64, 64, generator=g)}
-    out = objective(**model(batch["image"], batch["text"]), batch=batch)
+    out = objective(**model(batch["image"], batch["text"]), batch=batch, model=model)
     clip = mc.make_objective("clip")(**model(batch["image"], batch["text"]))["loss"]
     torch.testing.assert_close(out["loss_clip"], clip.detach())
     torch.testing.assert_close(out["loss"].detach(), out["loss_clip"] + 0.5 * out["loss_ssl"])
     out["loss"].backward()
     assert objective.head[0].weight.grad is not None and model.visual.conv1.weight.grad is not None
     with pytest.raises(ValueError, match="image_views"):
-        objective(**model(batch["image"], batch["text"]), batch={"image": batch["image"]})
+        objective(**model(batch["image"], batch["text"]), batch={"image": batch["image"]}, model=model)
 
 
 def test_loader_makes_views_only_when_asked(small_demo):

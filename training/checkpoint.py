@@ -40,6 +40,7 @@ from safetensors.torch import save as safetensors_bytes
 from mmcontrast.durable import Tally, file_digest, fsync, write_verified
 from mmcontrast.errors import UserError
 from mmcontrast.model_files import list_names, read_json_object, read_state_dict
+from mmcontrast.objectives import Objective
 
 STATE = "state.json"
 MAX_STATE_BYTES = 16 * 2**20  # step, world size, config and a line per file: kilobytes in any real run
@@ -93,10 +94,11 @@ def nonfinite(states: dict) -> tuple[list[str], int]:
     return [name[1:] for name, t in tensors if not _finite(t)], len(tensors)
 
 
-def _training_state(model, optimizer, objective) -> dict:
+def _training_state(model, optimizer, objective: Objective | None) -> dict:
     states = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    if _has_state(objective):
-        states["objective"] = objective.state_dict()
+    objective_state = {} if objective is None else objective.checkpoint_state()
+    if objective_state:
+        states["objective"] = objective_state
     return states
 
 
@@ -106,7 +108,7 @@ def _tensor_bytes(value) -> int:
 
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
                     loader_state: dict, rank: int, world_size: int, barrier: Callable[[], None],
-                    keep: int, config: dict | None = None, objective=None, scaler=None) -> Path:
+                    keep: int, config: dict | None = None, objective: Objective | None = None, scaler=None) -> Path:
     """Collective: every process calls it; returns the final path.
 
     Raises ``UserError``, with nothing saved and the checkpoints before kept, when the state holds NaN or inf
@@ -348,12 +350,9 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
-def _has_state(objective) -> bool:
-    return isinstance(objective, torch.nn.Module) and bool(objective.state_dict())
-
-
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int,
-                    world_size: int, config: dict | None = None, objective=None, scaler=None) -> tuple[int, dict]:
+                    world_size: int, config: dict | None = None, objective: Objective | None = None,
+                    scaler=None) -> tuple[int, dict]:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns (step, loader state).
 
     ``config``: the run's config; a checkpoint written under different training settings is refused,
@@ -373,8 +372,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ra
     scheduler.load_state_dict(_read(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(_read(path / "scaler.pt"))
-    if _has_state(objective):
-        objective.load_state_dict(_read(path / "objective.safetensors"))
+    if objective is not None and objective.checkpoint_state():
+        objective.load_checkpoint_state(_read(path / "objective.safetensors"))
     own = _read(path / f"rank{rank}.pt")
     _set_rng_state(own["rng"])
     return state["step"], own["loader"]

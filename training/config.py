@@ -15,6 +15,7 @@ import yaml
 
 from mmcontrast.data.limits import Limits
 from mmcontrast.errors import UserError
+from mmcontrast.objectives.fusion_terms import FusionTerms
 
 from .config_keys import closest_keys, describe_keys, shown
 from .config_ranges import shown_text, shown_value, validate
@@ -63,12 +64,13 @@ class DataConfig:
 @dataclass
 class FusionObjectiveConfig:
     """With model.fusion: terms on the fusion stream, added to the objective on the pure embeddings."""
-    itm_weight: float = 1.0         # image–text matching on positives + ALBEF-sampled hard negatives
-    rerank_weight: float = 0.0      # listwise loss of the re-ranking score over n hard negatives per anchor (LCE)
-    rerank_negatives: int = 7       # ...that n
-    zorro_weight: float = 0.0       # Zorro-style InfoNCE between the fusion and the pure embeddings
-    zorro_stop_grad: bool = True    # ...without moving the pure embeddings
-    zorro_temperature: float = 0.07  # ...its temperature
+    itm_weight: float = FusionTerms.itm_weight      # image–text matching on positives + ALBEF-sampled hard negatives
+    rerank_weight: float = FusionTerms.rerank_weight  # listwise loss of the re-ranking score over n hard negatives
+                                    # per anchor (LCE)
+    rerank_negatives: int = FusionTerms.rerank_negatives  # ...that n
+    zorro_weight: float = FusionTerms.zorro_weight  # Zorro-style InfoNCE between the fusion and the pure embeddings
+    zorro_stop_grad: bool = FusionTerms.zorro_stop_grad  # ...without moving the pure embeddings
+    zorro_temperature: float = FusionTerms.zorro_temperature  # ...its temperature
 
 
 @dataclass

@@ -24,14 +24,13 @@ from tqdm import tqdm
 import mmcontrast as mc
 from mmcontrast.data.limits import Limits
 from mmcontrast.data.loader import SAMPLE_FAULTS, SHARD_FAULTS, decode_size_for
-from mmcontrast.distributed import average_gradients
 from mmcontrast.errors import UserError
 from mmcontrast.gradcache import grad_cache_step
 from mmcontrast.kernels import training_attention
 from mmcontrast.locking import lock_towers, set_train_mode
 from mmcontrast.model import text_trimmable
 from mmcontrast.model_dir import is_model_dir, load_dir_weights, load_weights
-from mmcontrast.objectives import WithFusion, clamp_logit_scale
+from mmcontrast.objectives import FusionTerms, ModelAndObjective, Objective, WithFusion, clamp_logit_scale
 from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
 from .checkpoint import last_complete, load_checkpoint, resume_checkpoint, save_checkpoint
@@ -123,9 +122,9 @@ def build(cfg: TrainConfig):
     return model, tokenizer, train_transform, optimizer, scheduler, objective
 
 
-def build_objective(cfg: TrainConfig, model: torch.nn.Module):
-    """The configured objective, attached to the model when it needs it (teacher copy, SSL head), wrapped in
-    the fusion-stream terms when the model has fusion blocks."""
+def build_objective(cfg: TrainConfig, model: torch.nn.Module) -> Objective:
+    """The configured objective, wrapped in the fusion-stream terms when the model has fusion blocks, attached
+    to the model (teacher copy, SSL head, the model checked)."""
     modes = dict(local_loss=cfg.objective.local_loss, gather_with_grad=cfg.objective.gather_with_grad)
     has_fusion = hasattr(model, "fusion")
     if not has_fusion and cfg.objective.fusion != FusionObjectiveConfig():
@@ -134,20 +133,16 @@ def build_objective(cfg: TrainConfig, model: torch.nn.Module):
     try:
         objective = mc.make_objective(cfg.objective.name, **modes, **cfg.objective.options)
         if has_fusion:
-            objective = WithFusion(objective, **to_dict(cfg)["objective"]["fusion"], **modes)
+            objective = WithFusion(objective, FusionTerms(**to_dict(cfg)["objective"]["fusion"]), **modes)
     except ValueError as e:
         raise UserError(f"objective: {e}") from None
-    if getattr(objective, "needs_model", False):
+    try:
         objective.attach(model, cfg.schedule.steps)
-    if cfg.objective.name == "siglip" and getattr(model, "logit_bias", None) is None:
-        raise UserError(f"objective siglip needs a model with a learnable logit bias; {cfg.model.name} has none "
-                        f"(use model.name=tiny-siglip or an open_clip SigLIP architecture)")
-    if cfg.train.chunk_size and has_fusion:
-        raise UserError("train.chunk_size (GradCache) cannot serve fusion blocks: the fusion stream and its hard "
-                        "negatives need whole pairs, not cached embeddings; set train.chunk_size=0")
-    if cfg.train.chunk_size and getattr(objective, "wants_views", False):
-        raise UserError(f"train.chunk_size (GradCache) cannot serve objective {cfg.objective.name}: its extra "
-                        f"image views and BatchNorm head are not chunked; set train.chunk_size=0")
+    except ValueError as e:  # the model does not fit the objective (SigLIP without a logit bias)
+        raise UserError(f"objective {cfg.objective.name} with model {shown_value(cfg.model.name)}: {e}") from None
+    refusal = objective.grad_cache_refusal()
+    if cfg.train.chunk_size and refusal:
+        raise UserError(f"train.chunk_size (GradCache) cannot serve {refusal}; set train.chunk_size=0")
     return objective
 
 
@@ -157,11 +152,11 @@ class Trainer:
     cfg: TrainConfig
     out: Path
     accelerator: Accelerator
-    model: torch.nn.Module        # as prepared (DDP-wrapped with several processes)
-    unwrapped: torch.nn.Module
+    model: torch.nn.Module        # the ModelAndObjective as prepared (DDP-wrapped with several processes)
+    unwrapped: torch.nn.Module    # the model alone: checkpoints, evaluation, the final model directory
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    objective: object
+    objective: Objective
     loader: mc.data.Loader
     step: int
     normalize: Uint8Normalize     # the uint8 image batch → the model's normalised float input
@@ -189,13 +184,11 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
         torch.manual_seed(cfg.seed + rank)  # per-rank randomness in the forward pass (dropout, masks)
     if accelerator.is_main_process:  # after the resume check, which may refuse a changed config
         save_config(cfg, out / "config.yaml")
-    prepared, optimizer = accelerator.prepare(model, optimizer)
-    if isinstance(objective, torch.nn.Module):
-        objective.to(accelerator.device)
-        objective.model_autocast = accelerator.autocast
+    # one module, so that DDP averages the gradients of the objective's own parameters with the model's
+    prepared, optimizer = accelerator.prepare(ModelAndObjective(model, objective, accelerator.autocast), optimizer)
     if cfg.model.compile:
         prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
-    views = simclr_view_transform(model.preprocess_cfg) if getattr(objective, "wants_views", False) else None
+    views = simclr_view_transform(model.preprocess_cfg) if objective.needs_views else None
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
@@ -227,20 +220,14 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
     image, text = batch["image"], batch["text"]
     chunk = t.cfg.train.chunk_size
     with training_attention(device, t.cfg.precision):
-        if chunk and chunk < image.shape[0]:
-            losses = grad_cache_step(t.model, t.objective, batch, chunk,
-                                     lambda: loss_params(t.unwrapped), autocast=t.accelerator.autocast,
+        if chunk and chunk < image.shape[0]:  # the chunks are encoded through t.model, the objective outside it
+            losses = grad_cache_step(t.model, t.objective, batch, chunk, lambda: loss_params(t.unwrapped),
                                      backward=t.accelerator.backward, no_sync=lambda: t.accelerator.no_sync(t.model))
         else:
-            with t.accelerator.autocast():
-                outputs = t.model(image, text)
-            losses = t.objective(**outputs, batch=batch)
+            losses = t.model(image, text, batch)
             t.accelerator.backward(losses["loss"])
-    objective_params = list(t.objective.parameters()) if isinstance(t.objective, torch.nn.Module) else []
-    average_gradients(objective_params)  # an objective's own parameters (SLIP's head) are outside DDP
     clip = t.cfg.optim.grad_clip
-    params = [*t.model.parameters(), *objective_params]
-    grad_norm = t.accelerator.clip_grad_norm_(params, clip) if clip > 0 else torch.tensor(math.nan)
+    grad_norm = t.accelerator.clip_grad_norm_(t.model.parameters(), clip) if clip > 0 else torch.tensor(math.nan)
     # One small all-reduce agrees across ranks on skipping a non-finite step and on stopping.
     flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop_requested)], device=device)
     flags = t.accelerator.reduce(flags, reduction="sum")
@@ -249,8 +236,7 @@ def train_step(t: Trainer, batch: dict, stop_requested: bool) -> tuple[dict, tor
         t.optimizer.step()
         t.scheduler.step()
         clamp_logit_scale(t.unwrapped)
-        if hasattr(t.objective, "after_step"):  # momentum teacher and queues: once per optimizer step
-            t.objective.after_step(t.unwrapped)
+        t.objective.after_step(t.unwrapped)  # momentum teacher and queues: once per optimizer step
     t.optimizer.zero_grad(set_to_none=True)
     return losses, grad_norm, finite, flags[1].item() > 0
 

@@ -28,7 +28,7 @@ def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
 class ClipLoss(PairwiseObjective):
     """Symmetric InfoNCE over the global batch (``local_loss`` b×N logits by default)."""
 
-    def __call__(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
+    def forward(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
         p = self.pairs(image_features, text_features, logit_scale, batch_ids(batch))
         if p.positives is None:
             return self.from_logits(p.logits_per_image, p.logits_per_text, p.labels)

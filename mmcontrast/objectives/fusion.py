@@ -24,12 +24,12 @@ Parts are logged separately: ``loss_pure``, ``loss_itm``, ``itm_accuracy``, ``lo
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
+from .base import Objective
 from .clip import ClipLoss
+from .fusion_terms import FusionTerms
 from .hard_negatives import sample_hard_negatives
 from .pairs import at_least_fp32, batch_ids
 
@@ -51,73 +51,70 @@ def local_positives(b: int, ids: torch.Tensor | None, device: torch.device,
     return same
 
 
-class WithFusion(torch.nn.Module):
-    needs_model = True   # the fusion blocks score the sampled negative pairs
+class WithFusion(Objective):
+    """The pure-embedding objective ``pure`` plus the fusion-stream terms; its declarations and hooks pass
+    through to ``pure``."""
 
-    def __init__(self, pure: object, itm_weight: float = 1.0, rerank_weight: float = 0.0, rerank_negatives: int = 7,
-                 zorro_weight: float = 0.0, zorro_stop_grad: bool = True, zorro_temperature: float = 0.07,
-                 local_loss: bool = True, gather_with_grad: bool = True):
+    needs_model = True   # the fusion blocks score the sampled negative pairs: forward takes model=
+    uses_sample_ids = True
+
+    def __init__(self, pure: Objective, terms: FusionTerms = FusionTerms(), local_loss: bool = True,
+                 gather_with_grad: bool = True):
         super().__init__()
-        weights = {"itm_weight": itm_weight, "rerank_weight": rerank_weight, "zorro_weight": zorro_weight}
-        if min(weights.values()) < 0 or sum(weights.values()) == 0:
-            raise ValueError(f"fusion objective weights must be ≥ 0 with at least one > 0 ({weights}): the fusion "
-                             f"blocks would learn nothing")
-        if rerank_negatives < 1:
-            raise ValueError(f"rerank_negatives must be at least 1, got {rerank_negatives}")
-        self.pure = pure
-        self.itm_weight, self.rerank_weight, self.zorro_weight = itm_weight, rerank_weight, zorro_weight
-        self.rerank_negatives = rerank_negatives
-        self.zorro_stop_grad, self.zorro_temperature = zorro_stop_grad, zorro_temperature
+        self.pure, self.terms = pure, terms
         self.zorro = ClipLoss(local_loss, gather_with_grad)
-        self.wants_views = getattr(pure, "wants_views", False)
-        self.model_autocast = nullcontext
+
+    @property
+    def needs_views(self) -> bool:
+        return self.pure.needs_views
+
+    def grad_cache_refusal(self) -> str | None:
+        return "fusion blocks: the fusion stream and its hard negatives need whole pairs, not cached embeddings"
 
     def attach(self, model: torch.nn.Module, total_steps: int = 1) -> None:
-        if getattr(self.pure, "needs_model", False):
-            self.pure.attach(model, total_steps)
-        object.__setattr__(self, "fusion", model.fusion)  # a handle, not a submodule: no second copy
-        if self.zorro_weight:
+        self.pure.attach(model, total_steps)
+        if self.terms.zorro_weight:
             dim, width = model.fusion.summary_in.in_features, model.fusion.cfg.width
             self.zorro_fused = torch.nn.Linear(width, dim)         # g
             self.zorro_pure = torch.nn.Linear(2 * dim, dim)        # h
 
     def after_step(self, model: torch.nn.Module) -> None:
-        if hasattr(self.pure, "after_step"):
-            self.pure.after_step(model)
+        self.pure.after_step(model)
 
     @property
     def model_autocast(self):
         """The trainer's mixed-precision context, in which the negative pairs go through the blocks."""
-        return self._model_autocast
+        return self.pure.model_autocast
 
     @model_autocast.setter
     def model_autocast(self, value):
-        object.__setattr__(self, "_model_autocast", value)
-        if hasattr(self.pure, "model_autocast"):
-            self.pure.model_autocast = value
+        self.pure.model_autocast = value
 
-    def forward(self, image_features, text_features, logit_scale, fusion=None, batch=None, **rest) -> dict:
+    def forward(self, image_features, text_features, logit_scale, fusion=None, batch=None, model=None,
+                **rest) -> dict:
         if fusion is None:
             raise ValueError("the fusion objectives need the model's 'fusion' output (a model with model.fusion)")
+        blocks = self.given_model(model).fusion
         out = self.pure(image_features=image_features, text_features=text_features, logit_scale=logit_scale,
-                        batch=batch, **rest)
+                        batch=batch, model=model, **rest)
         loss = out["loss"]
         out = {"loss_pure": out["loss"].detach(), **{k: v for k, v in out.items() if k != "loss"}}
-        if self.itm_weight:
-            itm, accuracy = self.itm(image_features, text_features, logit_scale, fusion, batch)
-            loss = loss + self.itm_weight * itm
+        if self.terms.itm_weight:
+            itm, accuracy = self.itm(image_features, text_features, logit_scale, blocks, fusion, batch)
+            loss = loss + self.terms.itm_weight * itm
             out.update(loss_itm=itm.detach(), itm_accuracy=accuracy)
-        if self.rerank_weight:
-            rerank = self.rerank(image_features, text_features, logit_scale, fusion, batch)
-            loss = loss + self.rerank_weight * rerank
+        if self.terms.rerank_weight:
+            rerank = self.rerank(image_features, text_features, logit_scale, blocks, fusion, batch)
+            loss = loss + self.terms.rerank_weight * rerank
             out["loss_rerank"] = rerank.detach()
-        if self.zorro_weight:
-            zorro = self.zorro_term(image_features, text_features, fusion["fused"], batch)
-            loss = loss + self.zorro_weight * zorro
+        if self.terms.zorro_weight:
+            zorro = self.zorro_term(image_features, text_features, blocks, fusion["fused"], batch)
+            loss = loss + self.terms.zorro_weight * zorro
             out["loss_zorro"] = zorro.detach()
         return {"loss": loss, **out}
 
-    def itm(self, image_features, text_features, logit_scale, fusion: dict, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def itm(self, image_features, text_features, logit_scale, blocks: torch.nn.Module, fusion: dict,
+            batch) -> tuple[torch.Tensor, torch.Tensor]:
         """ALBEF's ITM loss on b positives and 2b sampled hard negatives, and the head's accuracy."""
         b = image_features.shape[0]
         own = torch.arange(b, device=image_features.device)
@@ -126,14 +123,15 @@ class WithFusion(torch.nn.Module):
             image_for_text = sample_hard_negatives(sim.T, positives.T)   # a negative image per text
             text_for_image = sample_hard_negatives(sim, positives)       # a negative text per image
         with self.model_autocast():
-            negatives = self.fusion.fuse(fusion["image"], fusion["text"], torch.cat([own, image_for_text]),
+            negatives = blocks.fuse(fusion["image"], fusion["text"], torch.cat([own, image_for_text]),
                                          torch.cat([text_for_image, own]))
-            logits = self.fusion.itm_logits(torch.cat([fusion["fused"], negatives.to(fusion["fused"].dtype)])).float()
+            logits = blocks.itm_logits(torch.cat([fusion["fused"], negatives.to(fusion["fused"].dtype)])).float()
         labels = torch.zeros(3 * b, dtype=torch.long, device=logits.device)
         labels[:b] = 1
         return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == labels).float().mean().detach()
 
-    def rerank(self, image_features, text_features, logit_scale, fusion: dict, batch) -> torch.Tensor:
+    def rerank(self, image_features, text_features, logit_scale, blocks: torch.nn.Module, fusion: dict,
+               batch) -> torch.Tensor:
         """Listwise loss of the re-ranking score over each anchor's positive and n hard negatives, both ways.
 
         LCE (Gao et al. 2021, "Rethink Training of BERT Rerankers in Multi-Stage Retrieval Pipeline",
@@ -142,7 +140,7 @@ class WithFusion(torch.nn.Module):
         The score is the one retrieval re-ranks by (``eval.rerank``): ITM log-odds + s·cos, the similarity
         detached, so this term trains the fusion blocks to correct the dual encoder where it errs.
         """
-        b, n = image_features.shape[0], self.rerank_negatives
+        b, n = image_features.shape[0], self.terms.rerank_negatives
         with torch.no_grad():
             sim, positives = self._similarity(image_features, text_features, logit_scale, batch)
             n = min(n, int((~positives).sum(dim=1).min()))
@@ -150,14 +148,14 @@ class WithFusion(torch.nn.Module):
                           "image": draw_without_replacement(sim.T, positives.T, n)}  # [b, n] images per text
         own = torch.arange(b, device=sim.device)[:, None].expand(b, n)
         with self.model_autocast():
-            positive_scores = self.fusion.itm_logits(fusion["fused"]).float()
+            positive_scores = blocks.itm_logits(fusion["fused"]).float()
             positive_scores = positive_scores[:, 1] - positive_scores[:, 0] + sim.diagonal()
             losses = []
             for anchor_is_image in (True, False):
                 cand = candidates["text" if anchor_is_image else "image"]
                 image_index, text_index = (own, cand) if anchor_is_image else (cand, own)
-                scores = self.fusion.match_score(fusion["image"], fusion["text"], image_index.reshape(-1),
-                                                 text_index.reshape(-1)).view(b, n)
+                scores = blocks.match_score(fusion["image"], fusion["text"], image_index.reshape(-1),
+                                            text_index.reshape(-1)).view(b, n)
                 scores = scores + sim[image_index, text_index]
                 logits = torch.cat([positive_scores[:, None], scores], dim=1)
                 losses.append(F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=logits.device)))
@@ -170,13 +168,13 @@ class WithFusion(torch.nn.Module):
         text = None if batch is None else batch.get("text")
         return sim.detach(), local_positives(sim.shape[0], batch_ids(batch), sim.device, text)
 
-    def zorro_term(self, image_features, text_features, fused, batch) -> torch.Tensor:
+    def zorro_term(self, image_features, text_features, blocks: torch.nn.Module, fused, batch) -> torch.Tensor:
         pure = at_least_fp32(torch.cat([image_features, text_features], dim=1))
-        if self.zorro_stop_grad:
+        if self.terms.zorro_stop_grad:
             pure = pure.detach()
         with self.model_autocast():
-            z_fused = self.zorro_fused(self.fusion.fusion_embedding(fused))
+            z_fused = self.zorro_fused(blocks.fusion_embedding(fused))
         z_fused = F.normalize(z_fused.float(), dim=-1)
         z_pure = F.normalize(self.zorro_pure(pure), dim=-1)
-        scale = torch.tensor(1.0 / self.zorro_temperature, device=z_fused.device)
+        scale = torch.tensor(1.0 / self.terms.zorro_temperature, device=z_fused.device)
         return self.zorro(z_fused, z_pure, scale, batch=batch)["loss"]

@@ -49,7 +49,7 @@ class _BothDirections(PairwiseObjective):
     def direction(self, logits, labels, positives, scale) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
+    def forward(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
         p: Pairs = self.pairs(image_features, text_features, logit_scale, batch_ids(batch))
         scale = at_least_fp32(logit_scale).detach()
         i2t = self.direction(p.logits_per_image, p.labels, p.positives, scale)

@@ -30,20 +30,21 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
 
 import torch
 
 from ..distributed import all_gather_no_grad, rank
+from .base import Objective
 from .pairs import at_least_fp32, batch_ids
 
 NO_ID = -1  # queue slots of samples without an id never match an anchor
 
 
-class MomentumDistillation(torch.nn.Module):
+class MomentumDistillation(Objective):
     """ALBEF ITC with a momentum teacher and feature queues (``objective.name=momentum``)."""
 
-    needs_model = True
+    needs_model = True  # the teacher is a copy of the model, run on the batch, and follows it after each step
+    uses_sample_ids = True
 
     def __init__(self, queue_size: int = 4096, momentum: float = 0.995, momentum_schedule: str = "constant",
                  alpha: float = 0.4, alpha_ramp_steps: int = 0, local_loss: bool = True,
@@ -64,7 +65,6 @@ class MomentumDistillation(torch.nn.Module):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self._pending: tuple | None = None
-        self.model_autocast = nullcontext  # the trainer sets its mixed-precision context here
 
     # ---------------------------------------------------------------- set-up and state
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..distributed import all_gather_no_grad, all_gather_with_grad, rank
+from .base import Objective
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -31,10 +32,13 @@ class Pairs:
     positives: torch.Tensor | None   # bool, like the logits: same id as the anchor (None: labels only)
 
 
-class PairwiseObjective:
+class PairwiseObjective(Objective):
     """Base of the objectives that score image–text pairs: gathers features, makes the logits."""
 
+    uses_sample_ids = True
+
     def __init__(self, local_loss: bool = True, gather_with_grad: bool = True):
+        super().__init__()
         if local_loss and not gather_with_grad:
             raise ValueError(f"{type(self).__name__}(local_loss=True, gather_with_grad=False) gives wrong "
                              "gradients: features of other ranks would never receive gradient as candidates")

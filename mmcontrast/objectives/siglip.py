@@ -21,15 +21,22 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..distributed import all_gather_no_grad, all_gather_with_grad, rank
+from .base import Objective
 from .pairs import at_least_fp32, batch_ids
+
+NEEDS_BIAS = ("the sigmoid loss needs a model with a learnable logit bias (model_cfg init_logit_bias, e.g. the "
+              "tiny-siglip preset or an open_clip SigLIP architecture)")
 
 
 def _block_loss(image, text, scale, bias, signs):
     return F.softplus(-signs * (scale * image @ text.T + bias)).sum()
 
 
-class SigLipLoss:
+class SigLipLoss(Objective):
+    uses_sample_ids = True
+
     def __init__(self, chunk_size: int = 0, local_loss: bool = True, gather_with_grad: bool = True):
+        super().__init__()
         if not (local_loss and gather_with_grad):
             raise ValueError("SigLipLoss scores each rank's images against all gathered texts (local_loss=True, "
                              "gather_with_grad=True); other modes are not implemented")
@@ -37,10 +44,13 @@ class SigLipLoss:
             raise ValueError(f"SigLipLoss chunk_size must be ≥ 0 (0: no chunks), got {chunk_size}")
         self.chunk_size = chunk_size
 
-    def __call__(self, image_features, text_features, logit_scale, logit_bias=None, batch=None, **_) -> dict:
+    def attach(self, model: torch.nn.Module, total_steps: int = 1) -> None:
+        if getattr(model, "logit_bias", None) is None:
+            raise ValueError(NEEDS_BIAS)
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, batch=None, **_) -> dict:
         if logit_bias is None:
-            raise ValueError("the sigmoid loss needs a model with a learnable logit bias (model_cfg "
-                             "init_logit_bias, e.g. the tiny-siglip preset or an open_clip SigLIP architecture)")
+            raise ValueError(NEEDS_BIAS)
         image, text = at_least_fp32(image_features), at_least_fp32(text_features)
         scale, bias = at_least_fp32(logit_scale), at_least_fp32(logit_bias)
         all_text = all_gather_with_grad(text)

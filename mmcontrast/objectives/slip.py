@@ -13,17 +13,16 @@ the tower's pooled features before it), the SimCLR negatives come from every ran
 gather with gradient (SLIP does that too; its CLIP term does not — facebookresearch/SLIP #31), and the CLIP
 term is ``ClipLoss`` with its exact distributed mode. The head's BatchNorm keeps per-process
 statistics (SLIP uses SyncBN on GPUs). The data pipeline makes the two views only for this
-objective (``wants_views``); each sample costs three image-tower passes.
+objective (``needs_views``); each sample costs three image-tower passes.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, rank
+from .base import Objective
 from .clip import ClipLoss
 from .pairs import at_least_fp32
 
@@ -52,9 +51,10 @@ def ssl_head(in_dim: int, mlp_dim: int, out_dim: int) -> torch.nn.Sequential:
         torch.nn.Linear(mlp_dim, out_dim))
 
 
-class SLIPLoss(torch.nn.Module):
-    needs_model = True   # the views go through the model's image tower
-    wants_views = True   # the loader adds batch["image_views"]
+class SLIPLoss(Objective):
+    needs_model = True   # the views go through the model's image tower: forward takes model=
+    needs_views = True
+    uses_sample_ids = True  # in the CLIP term
 
     def __init__(self, ssl_scale: float = 1.0, ssl_temperature: float = 0.1, mlp_dim: int = 4096,
                  ssl_dim: int = 256, local_loss: bool = True, gather_with_grad: bool = True):
@@ -63,22 +63,24 @@ class SLIPLoss(torch.nn.Module):
         self.ssl_scale, self.ssl_temperature = ssl_scale, ssl_temperature
         self.mlp_dim, self.ssl_dim = mlp_dim, ssl_dim
         self.head: torch.nn.Module | None = None
-        self.model_autocast = nullcontext  # the trainer sets its mixed-precision context here
+
+    def grad_cache_refusal(self) -> str | None:
+        return "objective slip: its extra image views and BatchNorm head are not chunked"
 
     def attach(self, model: torch.nn.Module, total_steps: int = 1) -> None:
-        """Keep a handle on ``model``'s image encoder (not a copy) and build the SSL head."""
-        object.__setattr__(self, "encode_views", model.encode_image)  # not a submodule: no second copy
+        """Build the SSL head on ``model``'s embedding width."""
         self.head = ssl_head(model.model_cfg["embed_dim"], self.mlp_dim, self.ssl_dim)
 
-    def forward(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
+    def forward(self, image_features, text_features, logit_scale, batch=None, model=None, **_) -> dict:
         if self.head is None:
             raise RuntimeError("SLIPLoss.attach(model) must be called before the first loss")
+        model = self.given_model(model)
         if batch is None or "image_views" not in batch:
             raise ValueError("SLIP needs two augmented views per sample in batch['image_views'] ([2, b, 3, H, W])")
         clip = self.clip(image_features, text_features, logit_scale, batch=batch)
         views = batch["image_views"]
         with self.model_autocast():
-            embedded = [self.encode_views(views[i]) for i in (0, 1)]
+            embedded = [model.encode_image(views[i]) for i in (0, 1)]
         a, b = (F.normalize(at_least_fp32(self.head(at_least_fp32(e))), dim=-1) for e in embedded)
         ssl = nt_xent(a, b, self.ssl_temperature)
         return {"loss": clip["loss"] + self.ssl_scale * ssl, "loss_clip": clip["loss"].detach(),
