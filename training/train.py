@@ -6,12 +6,9 @@ precision and DDP; the webdataset loader splits shards by rank itself (never ``p
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from .checkpoint import last_complete, load_checkpoint, resume_checkpoint, save_
 from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict, validate
 from .config_ranges import shown_text, shown_value
 from .evaluate import evaluate
+from .log import Logger, Meter, memory_hint
 from .optim import make_optimizer, make_scheduler
 from .report import write_report
 from .run_dir import claim_run_dir
@@ -44,8 +42,6 @@ from .run_dir import claim_run_dir
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 MIN_SAMPLES_TO_JUDGE = 256  # samples read before the bad-sample fraction can stop a run early; at the end: any
-# what torch's allocators say when a request fails (CUDA and MPS: "out of memory"; the CPU: DefaultCPUAllocator)
-OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate", "not enough memory")
 
 
 def as_pair(size) -> tuple[int, int]:
@@ -299,7 +295,7 @@ def run(t: Trainer, stop_after: int | None) -> dict:
             bad_steps, t.step = 0, t.step + 1
             bar.update(1)
             if t.step % cfg.log.every == 0 or t.step == last:
-                record = meter.record(t, losses, grad_norm)  # collective: sums the data faults of all ranks
+                record = log_record(t, meter, losses, grad_norm)  # collective: sums the data faults of all ranks
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", scale=f"{record['logit_scale']:.1f}")
                 check_bad_fraction(record, cfg.data.max_bad_fraction, t.out / "checkpoints")
@@ -352,63 +348,16 @@ def check_bad_fraction(record: dict, max_fraction: float, checkpoints: Path, at_
                         f"or raise the limit; checkpoints so far are kept in {checkpoints}")
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is an allocator failing a request (torch raises RuntimeError for the CPU's)."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY))
+def log_record(t: Trainer, meter: Meter, losses: dict, grad_norm: torch.Tensor) -> dict:
+    """One line of ``metrics.jsonl`` for the step just taken (a collective: data faults of every rank)."""
+    bias = {"logit_bias": t.unwrapped.logit_bias.item()} if "logit_bias" in loss_params(t.unwrapped) else {}
+    return {"step": t.step, "world_size": t.accelerator.num_processes, **{k: v.item() for k, v in losses.items()},
+            "lr": t.scheduler.get_last_lr()[0], "logit_scale": t.unwrapped.logit_scale.exp().item(),
+            "grad_norm": grad_norm.item(), **bias, **meter.rates(),
+            "samples_read": t.loader.consumed * meter.global_batch, "skipped_samples": data_faults(t)}
 
 
-@contextmanager
-def memory_hint(cfg: TrainConfig, device: torch.device):
-    """An allocator failure in a training step as one line saying which settings lower the memory it needs."""
-    try:
-        yield
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
-        if not is_out_of_memory(e):
-            raise
-        said = (str(e).strip().splitlines() or [""])[0]  # "CUDA out of memory. Tried to allocate 20.00 GiB ..."
-        said = said if len(said) <= 160 else said[:160] + "…"
-        chunk = cfg.train.chunk_size
-        smaller = (f"lower train.chunk_size (now {chunk})" if chunk else
-                   f"set train.chunk_size (GradCache: the same gradients, in the activation memory of that many "
-                   f"samples), e.g. train.chunk_size={max(1, cfg.data.batch_size // 4)}")
-        raise UserError(f"a training step with data.batch_size = {cfg.data.batch_size} does not fit in memory on "
-                        f"{device} ({said}); {smaller}, or lower data.batch_size, or set "
-                        f"model.grad_checkpointing=true") from None
-
-
-class Meter:
-    """Throughput and data-wait fraction between two log lines; time spent in evaluation excluded."""
-
-    def __init__(self, global_batch: int):
-        self.global_batch, self.steps, self.waited, self.since = global_batch, 0, 0.0, time.perf_counter()
-
-    def wait(self, fetch):
-        t0 = time.perf_counter()
-        item = fetch()
-        self.waited += time.perf_counter() - t0
-        self.steps += 1
-        return item
-
-    def pause(self, fn):
-        t0 = time.perf_counter()
-        fn()
-        self.since += time.perf_counter() - t0
-
-    def record(self, t: Trainer, losses: dict, grad_norm: torch.Tensor) -> dict:
-        now = time.perf_counter()
-        elapsed = now - self.since
-        record = {"step": t.step, "world_size": t.accelerator.num_processes,
-                  **{k: v.item() for k, v in losses.items()}, "lr": t.scheduler.get_last_lr()[0],
-                  "logit_scale": t.unwrapped.logit_scale.exp().item(), "grad_norm": grad_norm.item(),
-                  **({"logit_bias": t.unwrapped.logit_bias.item()} if "logit_bias" in loss_params(t.unwrapped) else {}),
-                  "samples_per_s": self.steps * self.global_batch / elapsed, "data_wait": self.waited / elapsed,
-                  "samples_read": t.loader.consumed * self.global_batch, "skipped_samples": data_faults(t)}
-        self.steps, self.waited, self.since = 0, 0.0, now
-        return record
-
-
-def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", step: int) -> dict:
+def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: Logger, step: int) -> dict:
     """Held-out evaluation; every process encodes its share and all get the same result."""
     was_training = model.training
     model.eval()
@@ -421,14 +370,3 @@ def run_eval(cfg: TrainConfig, model, accelerator: Accelerator, log: "Logger", s
         log.write({"step": step, "eval": record})
     return result
 
-
-class Logger:
-    """``metrics.jsonl``: one JSON object per line, appended (a resumed run continues the file)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
