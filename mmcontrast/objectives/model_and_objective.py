@@ -8,12 +8,41 @@ objective: the optimizer's parameter order.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager
 
 import torch
 
 from .base import Objective
+from .pairs import at_least_fp32
+
+
+def at_least_fp32_tree(outputs):
+    """fp16/bf16 tensors in nested dicts/lists/tuples → fp32 (``accelerate``'s ``convert_to_fp32``)."""
+    if isinstance(outputs, torch.Tensor):
+        return at_least_fp32(outputs)
+    if isinstance(outputs, dict):
+        return {k: at_least_fp32_tree(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(at_least_fp32_tree(v) for v in outputs)
+    return outputs
+
+
+@contextmanager
+def own_cast_cache(autocast: Callable[[], ContextManager]):
+    """``autocast()`` with its own cache of low-precision weight copies, as a region of its own would have.
+
+    Inside accelerate's outer autocast (see ``forward``) the cache outlives each inner region: a weight the
+    model and the objective both use (the fusion blocks) would be cast once, and the gradients of its two uses
+    summed in bf16 rather than in fp32 — close, not the same. Clearing the cache around each region keeps
+    the gradients those of separate regions.
+    """
+    torch.clear_autocast_cache()
+    try:
+        with autocast():
+            yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 class ModelAndObjective(torch.nn.Module):
@@ -28,14 +57,18 @@ class ModelAndObjective(torch.nn.Module):
                  autocast: Callable[[], ContextManager] = nullcontext):
         super().__init__()
         self.model, self.objective, self.autocast = model, objective, autocast
-        objective.model_autocast = autocast
+        objective.model_autocast = lambda: own_cast_cache(autocast)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, batch: dict | None = None) -> dict:
         with self.autocast():
             outputs = self.model(image, text)
         if batch is None:
             return outputs
-        # accelerate's prepare runs this whole forward under autocast: the objective leaves it explicitly
+        # The objective sees fp32 outputs, as it would outside a prepared model (accelerate converts what a
+        # prepared forward returns), and runs outside autocast, which accelerate's prepare puts around this
+        # whole forward.
+        outputs = at_least_fp32_tree(outputs)
+        torch.clear_autocast_cache()
         with torch.autocast(image.device.type, enabled=False):
             model = {"model": self.model} if self.objective.needs_model else {}
             return self.objective(**outputs, batch=batch, **model)
