@@ -169,6 +169,9 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+    # torch seeds its generator differently in every process: an objective's own parameters (SLIP's head, the
+    # Zorro heads), drawn from it, would differ between runs of one config and between ranks
+    torch.manual_seed(cfg.seed)
     model, tokenizer, train_transform, optimizer, scheduler, objective = build(cfg)
     step, loader_state = 0, None
     ckpt = choose_checkpoint(resume, out / "checkpoints", accelerator)
