@@ -35,7 +35,7 @@ def step(model, objective, optimizer, image, text, precision: str) -> None:
     with training_attention(torch.device("cpu"), precision):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             out = model(image, text)
-            losses = objective(**out, batch={"image": image, "text": text})
+            losses = objective(**out, batch={"image": image, "text": text}, model=model)
         losses["loss"].backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -120,7 +120,7 @@ def _step(model, objective, batch: dict, chunk: int) -> dict:
     if chunk:
         losses = grad_cache_step(model, objective, batch, chunk, lambda: loss_params(model))
     else:
-        losses = objective(**model(batch["image"], batch["text"]), batch=batch)
+        losses = objective(**model(batch["image"], batch["text"]), batch=batch, model=model)
         losses["loss"].backward()
     return {k: float(v.detach()).hex() for k, v in losses.items()}
 
