@@ -115,6 +115,8 @@ def test_trainer_trains_the_head_and_refuses_grad_cache(small_demo, tmp_path):
     cfg = _cfg(small_demo, "objective.name=slip", "objective.options={mlp_dim: 64, ssl_dim: 32}", "precision=fp32")
     t = setup(cfg, tmp_path, None)
     head = t.objective.head[0].weight.clone()
+    torch.manual_seed(12345)  # whatever state the process's generator is in, the config's seed decides the head
+    assert torch.equal(setup(cfg, tmp_path / "again", None).objective.head[0].weight, head)
     losses, _, stepped, _ = train_step(t, next(iter(t.loader)), stop_requested=False)
     assert stepped and "loss_ssl" in losses and not torch.equal(head, t.objective.head[0].weight)
     with pytest.raises(mc.UserError, match="cannot serve objective slip"):
