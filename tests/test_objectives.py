@@ -208,6 +208,30 @@ def test_unknown_option_names_the_options():
         mc.make_objective("hn-nce", gamma=1)
 
 
+def test_the_trainer_reads_the_declarations(monkeypatch):
+    """An objective that declares it reads no sample ids is refused with data.ids_from; one that cannot run on
+    GradCache's cached features is refused with train.chunk_size, in its own words."""
+    from mmcontrast.objectives import Objective, registry
+    from training.config import load_config
+    from training.train import build_objective
+
+    class Plain(Objective):
+        def __init__(self, local_loss: bool = True, gather_with_grad: bool = True):  # what the trainer passes
+            super().__init__()
+
+        def grad_cache_refusal(self):
+            return "objective plain: it reads whole pairs"
+
+    monkeypatch.setitem(registry.OBJECTIVES, "plain", Plain)
+    model = mc.create_model("tiny", seed=0)
+    build = lambda *extra: build_objective(load_config("tiny", ["objective.name=plain", *extra]), model)  # noqa: E731
+    assert isinstance(build(), Plain)
+    with pytest.raises(mc.UserError, match="data.ids_from='source' marks .* objective plain does not read"):
+        build("data.ids_from=source")
+    with pytest.raises(mc.UserError, match="cannot serve objective plain: it reads whole pairs; set train.chunk_size=0"):
+        build("train.chunk_size=8")
+
+
 # ---------------------------------------------------------------- two processes = one process
 
 CASES = {"clip-ids": ("clip", {}), "siglip": ("siglip", {}), "siglip-chunked": ("siglip", {"chunk_size": 3}),

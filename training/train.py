@@ -136,6 +136,9 @@ def build_objective(cfg: TrainConfig, model: torch.nn.Module) -> Objective:
         objective.attach(model, cfg.schedule.steps)
     except ValueError as e:  # the model does not fit the objective (SigLIP without a logit bias)
         raise UserError(f"objective {cfg.objective.name} with model {shown_value(cfg.model.name)}: {e}") from None
+    if cfg.data.ids_from and not objective.uses_sample_ids:
+        raise UserError(f"data.ids_from={shown_value(cfg.data.ids_from)} marks captions of one image as positives, "
+                        f"but objective {cfg.objective.name} does not read sample ids; set data.ids_from=''")
     refusal = objective.grad_cache_refusal()
     if cfg.train.chunk_size and refusal:
         raise UserError(f"train.chunk_size (GradCache) cannot serve {refusal}; set train.chunk_size=0")
