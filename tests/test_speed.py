@@ -58,12 +58,19 @@ def test_loader_decodes_large_jpegs_at_reduced_size(tmp_path):
 
 
 def test_cpu_bf16_attention_kernel_choice_gives_the_same_features():
+    """Under bf16 the context runs the math kernel (bit for bit what forcing it gives, and not what flash
+    gives), whose features agree with PyTorch's own choice to bf16 rounding."""
     model = mc.create_model("tiny", seed=0)
     image = torch.randn(4, 3, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = model.encode_image(image).float()
         with training_attention(torch.device("cpu"), "bf16"):
             got = model.encode_image(image).float()
+        with sdpa_kernel(SDPBackend.MATH):
+            math = model.encode_image(image).float()
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = model.encode_image(image).float()
+    assert torch.equal(got, math) and not torch.equal(got, flash)
     torch.testing.assert_close(got, ref, atol=3e-2, rtol=3e-2)  # bf16 kernels round differently
 
 
