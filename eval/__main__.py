@@ -1,4 +1,4 @@
-"""``[accelerate launch] python -m eval zeroshot|retrieval --model M --dataset D --output out.json``.
+"""``[accelerate launch] python -m eval zeroshot|retrieval|compositional --model M --dataset D --output out.json``.
 
 M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:DIR`` (a local
 transformers directory; nothing is downloaded). D is ``flickr30k``, ``flickr8k`` or ``mscoco`` with
@@ -10,6 +10,11 @@ queries (retrieval: ``.html``, ``_thumbs/``) or a per-class bar chart (zero-shot
 written. Under ``accelerate launch --num_processes N`` the encoding is split across the processes. A
 broken model file, or weights holding NaN/inf (unless ``--allow-nonfinite``), stop it with one line
 naming the file.
+
+``compositional`` takes D = ``sugar_crepe`` (``sugar_crepe/CATEGORY``), ``winoground``, ``aro_vgr``,
+``aro_vga`` or ``shapes`` (the set ``python -m data_prep compositional`` writes) with ``--root DIR``, and
+writes ``.json`` (CLIP_benchmark's ``text_acc``/``image_acc``/``acc``, per category), ``.md`` (with chance
+levels, standard errors and ties) and ``.html`` (failures); a fusion model is also scored by its ITM head.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The program's options; nothing heavy is imported before they are parsed, so --help answers at once."""
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["zeroshot", "retrieval"],
-                   help="zeroshot: classify a labelled image set; retrieval: image↔text recall@K")
+    p.add_argument("task", choices=["zeroshot", "retrieval", "compositional"],
+                   help="zeroshot: classify a labelled image set; retrieval: image↔text recall@K; "
+                        "compositional: pick the true caption against hard negatives (SugarCrepe, Winoground, ARO)")
     p.add_argument("--model", required=True,
                    help="a model directory (training's final/, or open_clip_config.json + weights); "
                         "openclip:NAME (an open_clip architecture or config .json) with --pretrained FILE; "
@@ -38,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="openclip:NAME only: the weights file (.safetensors, or .bin/.pt read weights-only)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="load weights holding NaN or inf (refused by default: they give chance-level numbers)")
-    p.add_argument("--dataset", required=True, help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH")
+    p.add_argument("--dataset", required=True,
+                   help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH; compositional: "
+                        "sugar_crepe[/CATEGORY]|winoground|aro_vgr|aro_vga|shapes[/CATEGORY] (with --root)")
     p.add_argument("--root", default=None, help="folder with the annotation file and the images")
     p.add_argument("--split", default="test", help="split of a named dataset or a wds: directory (default: test)")
     p.add_argument("--output", required=True,
@@ -98,6 +106,9 @@ def input_paths(args: argparse.Namespace, source: str) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.task == "compositional":
+        from .compositional_cli import run
+        return run(args, input_paths, DTYPES)
     from .report import output_paths
     outputs = output_paths(args.output, args.task)  # before the heavy imports: a bad name answers at once
     import torch

@@ -138,3 +138,37 @@ def write_retrieval_html(path: str | Path, ds: RetrievalSet, result: dict, title
                  "</p></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+
+def _failure(f: dict, texts: list[str], thumbs: dict[int, str], scorer: str) -> str:
+    """One wrong test case: each image with its true caption and the best other caption, both scored."""
+    rows = []
+    for r in f["rows"]:
+        won = "miss" if r["negative_score"] >= r["true_score"] else ""
+        rows.append(f"<div class='row'>{_img(thumbs[r['image']], 'image ' + str(r['image']))}<div>"
+                    f"<div class='hit'>✓ {_e(texts[r['true']])} <small>({r['true_score']:.4f})</small></div>"
+                    f"<div class='{won}'>✗ {_e(texts[r['negative']])} <small>({r['negative_score']:.4f})</small>"
+                    f"</div></div></div>")
+    return (f"<div class='q'><div class='query'>{_e(f['category'])}<br><small>{_e(f['id'])} · {_e(scorer)}</small>"
+            f"</div><div class='ranking'>{''.join(rows)}</div></div>")
+
+
+def write_compositional_html(path: str | Path, ds, result: dict, table: str, title: str) -> Path:
+    """``path`` (HTML) and its thumbnails: the metrics table, then per scorer the first failures of each category
+    (``eval.compositional``): the image, its true caption and the caption that won (red) or came closest."""
+    path = Path(path)
+    scorers = result["scorers"]
+    needed = {r["image"] for s in scorers.values() for f in s["failures"] for r in f["rows"]}
+    thumbs = _thumbs(ds, needed, thumbs_dir(path))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
+             f"<p>{_e(result['items'])} test cases, {_e(result['images'])} images, {_e(result['texts'])} captions. "
+             f"Files: {_e(', '.join(ds.files))}</p>", f"<pre>{_e(table)}</pre>"]
+    for name, scored in scorers.items():
+        parts.append(f"<h2>Failures by {_e(name)} scores</h2>")
+        parts += [_failure(f, ds.texts, thumbs, name) for f in scored["failures"]] or ["<p>none</p>"]
+    parts.append("<p>✓ the true caption of the image, ✗ the best other caption (red where it scored at least as "
+                 "high: a tie counts as wrong); scores in brackets.</p></body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -151,3 +151,68 @@ def plot_per_class(path: str | Path, classnames: list[str], recall: list[float],
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def compositional_output_paths(output: str | Path) -> dict[str, Path]:
+    """What ``python -m eval compositional`` writes for ``--output NAME.json``: the JSON, NAME.md, the failures
+    page NAME.html and its thumbnail folder."""
+    return output_paths(output, "retrieval")
+
+
+def compositional_json(dataset: str, model: str, pretrained: str, result: dict) -> dict:
+    """CLIP_benchmark's record (task ``image_caption_selection``) for the embeddings' scores, with every
+    category's metrics and chance; a fusion model's ITM scores and ITM − embeddings beside them."""
+    def part(scored):
+        return {"metrics": scored["metrics"], "categories": scored["categories"]}
+
+    pure = result["scorers"]["embeddings"]
+    record = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": "image_caption_selection",
+              "metrics": pure["metrics"], "categories": pure["categories"], "chance": pure["chance"],
+              "language": "en"}
+    if "itm" in result["scorers"]:
+        record["itm"] = part(result["scorers"]["itm"])
+        record["itm_minus_embeddings"] = result["differences"]
+    return record
+
+
+def _compositional_rows(scored: dict, kind: str) -> list[tuple[str, str, float, float, int, int | None]]:
+    """(set, metric, value, standard error, items, ties) of a scored set, its headline last."""
+    from mmcontrast.metrics.compositional import binomial_stderr
+
+    rows = []
+    if kind not in ("aro_vgr", "aro_vga"):  # ARO has hundreds of relations: its JSON has them all
+        for name, m in scored["categories"].items():
+            keys = ("text_acc", "image_acc", "acc") if scored["chance"][name]["image_acc"] < 1 else ("acc",)
+            rows += [(name, k, m[k], binomial_stderr(m[k], m["n"]), m["n"], m["ties"]) for k in keys]
+    m = scored["metrics"]
+    if kind in ("aro_vgr", "aro_vga"):
+        rows += [(kind, "acc (macro)", m["acc"], m["acc_stderr"], m["n"], m["ties"]),
+                 (kind, "micro_acc", m["micro_acc"], binomial_stderr(m["micro_acc"], m["n"]), m["n"], None)]
+    elif kind != "winoground":
+        rows.append((f"{kind} (mean over categories)", "acc", m["acc"], m["acc_stderr"], m["n"], m["ties"]))
+    return rows
+
+
+def compositional_table(result: dict, kind: str, title: str = "") -> str:
+    """A Markdown table in percent: each category's accuracy ± its standard error beside chance, items and ties;
+    for a fusion model the ITM scores and ITM − embeddings (± the paired standard error) in more columns."""
+    pure = result["scorers"]["embeddings"]
+    itm = result["scorers"].get("itm")
+    head = "| set | metric | embeddings (%) | chance (%) | items | ties |"
+    if itm:
+        head = ("| set | metric | embeddings (%) | ITM (%) | ITM − embeddings | chance (%) | items "
+                "| ties (emb / ITM) |")
+    lines = ([f"### {title}", ""] if title else []) + [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
+    itm_rows = _compositional_rows(itm, kind) if itm else []
+    for n, (name, metric, value, se, items, ties) in enumerate(_compositional_rows(pure, kind)):
+        chance = pure["chance"].get(name, pure["chance"]["overall"])[metric.split()[0].replace("micro_", "")]
+        cells = [name, metric, f"{_pct(value)} ± {_pct(se)}"]
+        tie_cell = "" if ties is None else str(ties)
+        if itm:
+            _, _, v2, se2, _, ties2 = itm_rows[n]
+            diff = result["differences"].get(name) if metric == "acc" else None
+            cells += [f"{_pct(v2)} ± {_pct(se2)}",
+                      "" if diff is None else f"{100 * diff['diff']:+.2f} ± {_pct(diff['stderr'])}"]
+            tie_cell = "" if ties is None else f"{ties} / {ties2}"
+        lines.append("| " + " | ".join(cells + [_pct(chance), f"{items:,}", tie_cell]) + " |")
+    return "\n".join(lines) + "\n"
