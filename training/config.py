@@ -52,6 +52,9 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
+    negatives: str = ""             # hard-negative captions for objective negclip: "shards" (key.neg.txt lines,
+                                    # key.json "negatives"), "rules" (made from each caption), "" none
+    negatives_per_sample: int = 1   # ...at most this many per sample (NegCLIP: 1)
     max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable:
                                     # judged at every log line once 256 samples were read, and at the end of
                                     # the run however few (exit status 2, counts by reason; 1: never stop)

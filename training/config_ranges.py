@@ -12,6 +12,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mmcontrast.data.negatives import NEGATIVE_SOURCES
 from mmcontrast.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ RANGES: dict[str, Range] = {
     "data.workers": AT_LEAST_0, "data.shuffle_buffer": AT_LEAST_0, "data.crop_scale": Range(0, 1, lo_open=True),
     "data.max_bad_fraction": Range(0, 1), "data.max_image_pixels": AT_LEAST_1, "data.max_caption_bytes": AT_LEAST_1,
     "data.max_file_bytes": AT_LEAST_1, "data.max_pax_bytes": AT_LEAST_1,
+    "data.negatives_per_sample": AT_LEAST_1,
     "objective.fusion.itm_weight": AT_LEAST_0, "objective.fusion.rerank_weight": AT_LEAST_0,
     "objective.fusion.rerank_negatives": AT_LEAST_1, "objective.fusion.zorro_weight": AT_LEAST_0,
     "objective.fusion.zorro_temperature": POSITIVE,
@@ -89,6 +91,9 @@ def validate(cfg: "TrainConfig") -> None:
     UserError naming the key, the value and what is allowed. Cheap: run before anything is built."""
     if cfg.precision not in PRECISIONS:
         raise UserError(f"config key precision must be one of {PRECISIONS}, got {shown_value(cfg.precision)}")
+    if cfg.data.negatives not in NEGATIVE_SOURCES:
+        raise UserError(f"config key data.negatives must be one of {NEGATIVE_SOURCES} ('': none), "
+                        f"got {shown_value(cfg.data.negatives)}")
     for key, allowed in RANGES.items():
         value = cfg
         for part in key.split("."):

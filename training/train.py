@@ -191,6 +191,11 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
     if cfg.model.compile:
         prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
     views = simclr_view_transform(model.preprocess_cfg) if objective.needs_views else None
+    if objective.needs_negatives != bool(cfg.data.negatives):
+        raise UserError(f"objective {cfg.objective.name} trains on hard-negative captions: set data.negatives=rules "
+                        f"or data.negatives=shards" if objective.needs_negatives else
+                        f"data.negatives={shown_value(cfg.data.negatives)} adds hard-negative captions, but objective "
+                        f"{cfg.objective.name} does not read them; set data.negatives='' or objective.name=negclip")
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,
@@ -200,7 +205,8 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
                             decode_size=decode_size_for(max(as_pair(model.preprocess_cfg["size"])),
                                                         min(cfg.data.crop_scale)),
                             limits=Limits(cfg.data.max_image_pixels, cfg.data.max_caption_bytes,
-                                          cfg.data.max_file_bytes, cfg.data.max_pax_bytes))
+                                          cfg.data.max_file_bytes, cfg.data.max_pax_bytes),
+                            negatives=cfg.data.negatives, negatives_per_sample=cfg.data.negatives_per_sample)
     normalize = Uint8Normalize(model.preprocess_cfg["mean"], model.preprocess_cfg["std"])
     return Trainer(cfg, out, accelerator, prepared, model, optimizer, scheduler, objective, loader, step, normalize)
 

@@ -6,8 +6,8 @@ read_samples    ─► tar → samples
 shuffled        ─► shuffle buffer (seed, epoch, slot)
 decode          ─► image + caption lines (bad samples counted by reason, skipped)
 Examples        ─► transform + caption choice (seed, epoch, key)
-Batching        ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}, tokenized by collate;
-                   the slot's position (epoch, batch index)
+Batching        ─► batch {"image": [B,3,H,W], "text": [B,L], "key": [B]}, tokenized by collate (with
+                   hard-negative captions when asked for); the slot's position (epoch, batch index)
 ```
 A slot is one worker of one rank. The stages are in ``mmcontrast.data.stages``, configured by one
 ``StreamSpec``; ``SlotStream`` runs them in each worker, ``Loader`` records every slot's position.
@@ -32,6 +32,7 @@ import torch
 
 from ..errors import UserError
 from .limits import Limits
+from .negatives import NEGATIVE_SOURCES
 from .stages import (SAMPLE_FAULTS, SHARD_FAULTS, Batching, Examples, collate, decode, read_samples, seed_of,
                      shuffled, slot_of, slot_shards, trim_padding)
 from .stream_spec import StreamSpec, shard_plan
@@ -85,7 +86,8 @@ class SlotStream(torch.utils.data.IterableDataset):
     def _batch(self, examples: list, slot: int, batching: Batching, skipped: Counter) -> dict:
         # the position and the counts travel with the batch out of the worker process, to the Loader
         spec = self.spec
-        return {**collate(examples, spec.tokenizer, spec.trim_text, spec.ids_from),
+        return {**collate(examples, spec.tokenizer, spec.trim_text, spec.ids_from, spec.negatives,
+                          spec.negatives_per_sample),
                 "pos": (slot, *batching.position), "skipped": dict(skipped)}
 
 
@@ -139,7 +141,8 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
                 pin_memory: bool = False, state: dict | None = None,
                 view_transform: Callable | None = None, ids_from: str = "",
                 resampled: bool = False, weights: list[float] | None = None, epoch_samples: int = 0,
-                trim_text: bool = False, decode_size: int = 0, limits: Limits = Limits()) -> Loader:
+                trim_text: bool = False, decode_size: int = 0, limits: Limits = Limits(), negatives: str = "",
+                negatives_per_sample: int = 1) -> Loader:
     """A loader over webdataset shards (see the module docstring).
 
     ``urls``: a shard directory (with ``manifest.json``), a brace pattern, a URL (``pipe:``, ``http(s)://``),
@@ -160,14 +163,23 @@ def make_loader(urls: str | list[str], transform: Callable, tokenizer: Callable,
     whose text features do not change by it (``mmcontrast.model.text_trimmable``).
     ``decode_size``: decode JPEGs at a reduced scale whose sides stay at least this large (``decode_size_for``).
     ``limits``: what one file, caption or image may cost (``mmcontrast.data.limits.Limits``); above, it is skipped.
+    ``negatives``: hard-negative captions for NegCLIP, up to ``negatives_per_sample`` per sample
+    (``batch["negatives"]`` [B, K, L] tokens, ``batch["negatives_mask"]`` [B, K]): ``"shards"`` draws them from
+    each sample's ``neg.txt`` lines and ``key.json`` ``"negatives"`` list, ``"rules"`` makes them from its caption
+    (``mmcontrast.data.negatives``, with the batch's words), both seeded by (seed, epoch, sample id); ``""``: none.
     """
+    if negatives not in NEGATIVE_SOURCES:
+        raise UserError(f"negatives={negatives!r}: choose from {NEGATIVE_SOURCES} ('': none)")
+    if negatives_per_sample < 1:
+        raise UserError(f"negatives_per_sample={negatives_per_sample}: a sample needs room for at least 1 negative")
     workers = max(1, num_workers)
     shards, draw_weights, epoch_batches = shard_plan(urls, batch_size, world_size, workers, repeat, resampled,
                                                      weights, epoch_samples)
     spec = StreamSpec(shards, transform, tokenizer, batch_size, seed=seed, shuffle_buffer=shuffle_buffer, rank=rank,
                       world_size=world_size, repeat=repeat, caption=caption, view_transform=view_transform,
                       ids_from=ids_from, draw_weights=draw_weights, epoch_batches=epoch_batches,
-                      trim_text=trim_text, decode_size=decode_size, limits=limits)
+                      trim_text=trim_text, decode_size=decode_size, limits=limits, negatives=negatives,
+                      negatives_per_sample=negatives_per_sample)
     state = state or {}
     consumed = int(state.get("consumed", 0))
     positions = {int(k): tuple(v) for k, v in state.get("positions", {}).items()}

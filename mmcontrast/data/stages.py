@@ -22,6 +22,7 @@ from PIL import Image
 from ..errors import UserError
 from .images import to_rgb
 from .limits import ImageTooLarge, Limits, open_image
+from .negatives import VOCABULARY, perturb
 from .stream_spec import StreamSpec
 from .tar import IMAGE_EXTS, ShardError, shard_samples
 
@@ -137,6 +138,8 @@ class Example(NamedTuple):
     views: tuple[torch.Tensor, torch.Tensor] | None      # SLIP's two augmented views, when asked for
     key: str
     positive_id: int                                     # 0 unless ``ids_from``
+    negatives: tuple[str, ...]                           # hard-negative captions from the shards (NegCLIP)
+    seed: int                                            # the sample's seed: the rules' negatives are drawn from it
 
 
 class Examples:
@@ -161,7 +164,10 @@ class Examples:
             image = spec.transform(img)
             # Two more augmented views when the objective asks for them (SLIP's SimCLR term), same seed stream
             views = (spec.view_transform(img), spec.view_transform(img)) if spec.view_transform is not None else None
-        return Example(image, caption, views, sample["__key__"], positive_id(sample, sample_id, spec.ids_from))
+        negatives = shard_negatives(sample, lines, spec.negatives_per_sample, random.Random(seed_of(s, "negatives"))) \
+            if spec.negatives == "shards" else ()
+        return Example(image, caption, views, sample["__key__"], positive_id(sample, sample_id, spec.ids_from),
+                       negatives, s)
 
 
 def positive_id(sample: dict, sample_id: str, ids_from: str) -> int:
@@ -175,6 +181,33 @@ def positive_id(sample: dict, sample_id: str, ids_from: str) -> int:
         value = None
     text = f"{ids_from}={value}" if value is not None else f"sample={sample_id}"
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def shard_negatives(sample: dict, lines: list[str], k: int, rng: random.Random) -> tuple[str, ...]:
+    """Up to ``k`` of the sample's hard-negative captions, drawn by ``rng`` (NegCLIP draws one per epoch): the
+    lines of its ``neg.txt`` field and the ``"negatives"`` list of its ``key.json``, less any of its own captions."""
+    found = [ln.strip() for ln in sample["neg.txt"].decode("utf-8", "replace").splitlines()] \
+        if "neg.txt" in sample else []
+    if "json" in sample:
+        try:
+            listed = json.loads(sample["json"]).get("negatives", [])
+        except (ValueError, AttributeError):
+            listed = []  # a key.json that is not an object has no negatives, as it has no ids (positive_id)
+        if not (isinstance(listed, list) and all(isinstance(n, str) for n in listed)):
+            raise UserError(f"sample {sample['__key__']} of {sample['__url__']}: key.json \"negatives\" must be a "
+                            f"list of caption strings; fix the shard or set data.negatives=rules")
+        found += [n.strip() for n in listed]
+    own = set(lines)
+    pool = list(dict.fromkeys(n for n in found if n and n not in own))
+    return tuple(rng.sample(pool, min(k, len(pool))))
+
+
+def rule_negatives(examples: list[Example], k: int) -> list[tuple[str, ...]]:
+    """Up to ``k`` negatives of each example's caption made by the rules (``negatives.perturb``), with
+    replacements drawn from the batch's own words, so a negative names nothing the data never shows."""
+    vocabulary = VOCABULARY.found_in([e.caption for e in examples])
+    return [tuple(n.text for n in perturb(e.caption, k, random.Random(seed_of(e.seed, "rules")), vocabulary))
+            for e in examples]
 
 
 # ---------------------------------------------------------------- batch
@@ -244,19 +277,36 @@ class Batching:
         self.items, self.drawn = [], 0
 
 
-def collate(examples: list[Example], tokenizer: Callable, trim_text: bool, ids_from: str) -> dict:
-    """``{"image": [B,3,H,W], "text": [B,L], "key": [B]}``, with ``sample_id`` [B] when ``ids_from`` is set and
-    ``image_views`` [2,B,3,H,W] when the examples have views."""
-    images, captions, views, keys, ids = zip(*examples)
+def collate(examples: list[Example], tokenizer: Callable, trim_text: bool, ids_from: str, negatives: str = "",
+            negatives_per_sample: int = 1) -> dict:
+    """``{"image": [B,3,H,W], "text": [B,L], "key": [B]}``, with ``sample_id`` [B] when ``ids_from`` is set,
+    ``image_views`` [2,B,3,H,W] when the examples have views, and with ``negatives`` ("shards" or "rules")
+    ``negatives`` [B,K,L] tokens and ``negatives_mask`` [B,K] (which are captions), K = ``negatives_per_sample``."""
+    images, captions, views, keys, ids, shard_negs, _ = zip(*examples)
     text = tokenizer(list(captions))
-    if trim_text:
-        text = trim_padding(text)
-    batch = {"image": torch.stack(images), "text": text, "key": list(keys)}
+    batch = {"image": torch.stack(images), "text": trim_padding(text) if trim_text else text, "key": list(keys)}
     if ids_from:
         batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
     if views[0] is not None:
         batch["image_views"] = torch.stack([torch.stack([v[i] for v in views]) for i in (0, 1)])  # [2,B,...]
+    if negatives:
+        negs = shard_negs if negatives == "shards" else rule_negatives(examples, negatives_per_sample)
+        batch.update(negative_tokens(negs, negatives_per_sample, tokenizer, text.shape[1], trim_text))
     return batch
+
+
+def negative_tokens(negatives: list[tuple[str, ...]], k: int, tokenizer: Callable, length: int,
+                    trim_text: bool) -> dict:
+    """Each sample's up to ``k`` negative captions → ``negatives`` [B,k,L] (zero rows where it has fewer) and
+    ``negatives_mask`` [B,k]."""
+    mask = torch.tensor([[j < len(n) for j in range(k)] for n in negatives], dtype=torch.bool)
+    tokens = torch.zeros(len(negatives) * k, length, dtype=torch.long)
+    texts = [t for n in negatives for t in n]
+    if texts:
+        tokens[mask.flatten()] = tokenizer(texts).to(torch.long)
+    if trim_text:
+        tokens = trim_padding(tokens)
+    return {"negatives": tokens.view(len(negatives), k, -1), "negatives_mask": mask}
 
 
 def trim_padding(tokens: torch.Tensor, multiple: int = 8) -> torch.Tensor:

@@ -36,6 +36,8 @@ class StreamSpec:
     trim_text: bool = False
     decode_size: int = 0
     limits: Limits = Limits()
+    negatives: str = ""         # hard-negative captions: "" none, "shards" (neg.txt / key.json), "rules" (made)
+    negatives_per_sample: int = 1
 
     @property
     def resampled(self) -> bool:

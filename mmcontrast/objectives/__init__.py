@@ -16,7 +16,7 @@ _EXPORTS = {
     "OBJECTIVES": "registry", "make_objective": "registry", "objective_options": "registry",
     "Objective": "base", "ModelAndObjective": "model_and_objective", "FusionTerms": "fusion_terms",
     "ClipLoss": "clip", "clamp_logit_scale": "clip", "SigLipLoss": "siglip", "MomentumDistillation": "momentum",
-    "SLIPLoss": "slip", "WithFusion": "fusion", "DebiasedLoss": "hard_negatives", "DecoupledLoss": "hard_negatives",
+    "SLIPLoss": "slip", "NegCLIPLoss": "negclip", "WithFusion": "fusion", "DebiasedLoss": "hard_negatives", "DecoupledLoss": "hard_negatives",
     "HardNegativeHCL": "hard_negatives", "HardNegativeNCE": "hard_negatives",
     "WeightedDecoupledLoss": "hard_negatives", "sample_hard_negatives": "hard_negatives",
 }

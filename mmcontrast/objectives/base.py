@@ -22,6 +22,9 @@ class Objective(torch.nn.Module):
     needs_model: bool = False
     # The loader must add ``batch["image_views"]`` (two augmented views per sample, [2, b, 3, H, W]).
     needs_views: bool = False
+    # The loader must add hard-negative captions (NegCLIP): ``batch["negatives"]`` [b, K, L] tokens and
+    # ``batch["negatives_mask"]`` [b, K], which of them are captions.
+    needs_negatives: bool = False
     # Several captions of one image are positives of each other through ``batch["sample_id"]``.
     uses_sample_ids: bool = False
     # The mixed-precision context in which the objective runs the model, when it does; the objective's

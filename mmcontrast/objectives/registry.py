@@ -8,6 +8,7 @@ from .base import Objective
 from .clip import ClipLoss
 from .hard_negatives import DebiasedLoss, DecoupledLoss, HardNegativeHCL, HardNegativeNCE, WeightedDecoupledLoss
 from .momentum import MomentumDistillation
+from .negclip import NegCLIPLoss
 from .siglip import SigLipLoss
 from .slip import SLIPLoss
 
@@ -21,6 +22,7 @@ OBJECTIVES = {
     "dclw": WeightedDecoupledLoss,
     "momentum": MomentumDistillation,
     "slip": SLIPLoss,
+    "negclip": NegCLIPLoss,
 }
 
 
