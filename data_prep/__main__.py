@@ -1,4 +1,5 @@
-"""``python -m data_prep demo|shards|check``: build webdataset shards, or check a shard directory."""
+"""``python -m data_prep demo|compositional|shards|check``: build webdataset shards or the compositional test
+set, or check a shard directory."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--retrieval-size", type=int, default=1000)
     demo.add_argument("--zeroshot-size", type=int, default=1600)
     demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--scene-share", type=float, default=0.0,
+                      help="fraction of training images that are scenes of 2–3 objects with relation captions")
+    demo.add_argument("--compositional-size", type=int, default=0,
+                      help="items per category of a compositional set written under OUT/compositional (0: none)")
+    comp = sub.add_parser("compositional", help="a compositional test set of shapes scenes: SugarCrepe's layout "
+                                                "(one JSON per category + images) and Winoground's 2 × 2 groups")
+    comp.add_argument("--out", required=True)
+    comp.add_argument("--size", type=int, default=1000, help="items per category (even)")
+    comp.add_argument("--seed", type=int, default=0)
     shards = sub.add_parser("shards", help="image–caption pairs (table, folder, saved HF dataset, COCO/Karpathy "
                                           "annotations, webdataset shards) → clean shards; resumable")
     shards.add_argument("--input", required=True,
@@ -70,9 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         from .demo import build_demo
         m = build_demo(args.out, seed=args.seed, train_size=args.train_size,
                        retrieval_size=args.retrieval_size, zeroshot_size=args.zeroshot_size,
-                       workers=args.workers)
+                       workers=args.workers, scene_share=args.scene_share,
+                       compositional_size=args.compositional_size)
         print(f"demo data in {args.out}: {m['train']['samples']} training pairs, "
               f"{m['retrieval']['images']} retrieval images, {m['zeroshot']['images']} zero-shot images")
+    elif args.command == "compositional":
+        from .compositional import write_compositional
+        m = write_compositional(args.out, seed=args.seed, size=args.size)
+        print(f"compositional set in {args.out}: {args.size} items in each of {len(m['categories'])} categories, "
+              f"{m['images']} images, {m['winoground']} Winoground groups")
     elif args.command == "check":
         import json
         import sys

@@ -5,29 +5,46 @@ OUT/train/000000.tar ...       training pairs (key.jpg, key.txt — captions one
 OUT/train/manifest.json        sample counts
 OUT/retrieval/                 CLIP_benchmark webdataset layout, dataset_type.txt = retrieval
 OUT/zeroshot/                  CLIP_benchmark webdataset layout with classnames and templates
+OUT/compositional/             with compositional_size > 0: the held-out set of ``compositional.py``
 OUT/manifest.json              the seed, options and counts of every split
 ```
+
+With ``scene_share`` > 0 that fraction of the training images are scenes of two or three objects with
+captions of the scene grammar (``scenes.py``); their key.json holds ``{"id", "scene": <scene graph>}``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from multiprocessing import Pool
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import shapes
+from mmcontrast.errors import UserError
+
+from . import scenes, shapes
+from .compositional import check_size, write_compositional
 from .writer import ShardWriter, write_benchmark, write_json
 
-TRAIN, RETRIEVAL, ZEROSHOT = 0, 1, 2  # generator streams: the splits never share an image
+TRAIN, RETRIEVAL, ZEROSHOT, TRAIN_SCENES = 0, 1, 2, 3  # generator streams: the splits never share an image
 
 
 def _train_sample(args) -> dict:
-    seed, i, n_captions = args
+    seed, i, n_captions, scene = args
+    if scene:
+        s = scenes.make_scene_sample(seed, TRAIN_SCENES, i, n_captions)
+        return {"__key__": f"{i:08d}", "jpg": s["jpg"], "txt": "\n".join(s["captions"]),
+                "json": json.dumps({"id": i, "scene": s["scene"]})}
     s = shapes.make_sample(seed, TRAIN, i, n_captions)
     return {"__key__": f"{i:08d}", "jpg": s["jpg"], "txt": "\n".join(s["captions"]),
             "json": json.dumps({"id": i, **s["scene"]})}
+
+
+def _is_scene(i: int, share: float) -> bool:
+    """Whether training image `i` is a scene: spread evenly, exactly round(share · n) of the first n."""
+    return math.floor((i + 1) * share + 0.5) > math.floor(i * share + 0.5)
 
 
 def _bench_sample(args) -> dict:
@@ -43,17 +60,28 @@ def _bench_sample(args) -> dict:
 
 def build_demo(out: str | Path, seed: int = 0, train_size: int = 24000, retrieval_size: int = 1000,
                zeroshot_size: int = 1600, captions_per_image: int = 5, shard_size: int = 1000,
-               workers: int = 2) -> dict:
+               workers: int = 2, scene_share: float = 0.0, compositional_size: int = 0) -> dict:
+    """`scene_share`: the fraction of training images that are scenes; `compositional_size`: items per category
+    of the compositional set (0: none). Both enter the manifest's options only when nonzero, so a build without
+    them is the same as before they existed."""
     out = Path(out)
     done = out / "manifest.json"
+    if not 0.0 <= scene_share <= 1.0:
+        raise UserError(f"scene_share must be in [0, 1], got {scene_share}")
+    if compositional_size:
+        check_size(compositional_size)
     options = dict(seed=seed, train_size=train_size, retrieval_size=retrieval_size,
                    zeroshot_size=zeroshot_size, captions_per_image=captions_per_image, shard_size=shard_size)
+    if scene_share:
+        options["scene_share"] = scene_share
+    if compositional_size:
+        options["compositional_size"] = compositional_size
     if done.is_file() and json.loads(done.read_text()).get("options") == options:
         print(f"demo data already in {out} (same options); delete it to rebuild")
         return json.loads(done.read_text())
     with Pool(workers) as pool:
         writer = ShardWriter(out / "train", max_count=shard_size)
-        jobs = [(seed, i, captions_per_image) for i in range(train_size)]
+        jobs = [(seed, i, captions_per_image, _is_scene(i, scene_share)) for i in range(train_size)]
         for sample in tqdm(pool.imap(_train_sample, jobs, chunksize=256), total=train_size, desc="train"):
             writer.write(sample)
         train = writer.close(source="data_prep demo", options=options)
@@ -73,5 +101,10 @@ def build_demo(out: str | Path, seed: int = 0, train_size: int = 24000, retrieva
                       "captions": retrieval_size * captions_per_image},
         "zeroshot": {"path": "zeroshot", "images": zeroshot_size, "classes": len(shapes.CLASSNAMES)},
     }
+    if compositional_size:
+        comp = write_compositional(out / "compositional", seed=seed, size=compositional_size, replace_other=True)
+        manifest["compositional"] = {"path": "compositional", **{k: comp[k] for k in ("categories", "winoground")}}
+    if scene_share:
+        manifest["train"]["scenes"] = sum(_is_scene(i, scene_share) for i in range(train_size))
     write_json(done, manifest)
     return manifest

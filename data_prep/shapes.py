@@ -5,6 +5,7 @@ Each image shows one to three shapes of one colour, size and kind on a varied ba
 different subsets of the attributes (colour, shape, size, position, count, background), so
 a model has to read the image to match them. Generation is a pure function of (seed, index):
 the same seed always gives the same pixels and captions, whatever the order or process.
+Scenes of several different objects in relations, with their scene graphs, are in ``scenes.py``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def captions(scene: Scene, rng: np.random.Generator, n: int) -> list[str]:
     return [TEMPLATES[i].format(**words) for i in chosen]
 
 
-def _background(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
+def background(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
     # Muted mid-tones so that every shape colour, white and black included, stands out.
     base = rng.integers(70, 180, size=3).astype(np.float32)
     if kind == "plain":
@@ -133,7 +134,7 @@ def _polygon(cx: float, cy: float, r: float, n: int, rot: float) -> list[tuple[f
             for k in range(n)]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "ring":
@@ -165,7 +166,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 def render(scene: Scene, rng: np.random.Generator, side: int = 64, supersample: int = 3) -> Image.Image:
     """Draw `scene` at `side`×`side` pixels (drawn larger, then downsampled for smooth edges)."""
     big = side * supersample
-    img = Image.fromarray(_background(scene.background, big, rng))
+    img = Image.fromarray(background(scene.background, big, rng))
     draw = ImageDraw.Draw(img)
     r = SIZES[scene.size] * big * (0.9 + 0.2 * rng.random())
     if scene.count == 1:
@@ -181,7 +182,7 @@ def render(scene: Scene, rng: np.random.Generator, side: int = 64, supersample: 
     jitter = rng.integers(-12, 13, size=3)
     fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[scene.colour], jitter))
     for (x, y), rad in zip(centres, radii):
-        _draw_shape(draw, scene.shape, x * big, y * big, rad, fill)
+        draw_shape(draw, scene.shape, x * big, y * big, rad, fill)
     return img.resize((side, side), Image.Resampling.LANCZOS)
 
 
