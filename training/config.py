@@ -74,6 +74,8 @@ class FusionObjectiveConfig:
     zorro_weight: float = FusionTerms.zorro_weight  # Zorro-style InfoNCE between the fusion and the pure embeddings
     zorro_stop_grad: bool = FusionTerms.zorro_stop_grad  # ...without moving the pure embeddings
     zorro_temperature: float = FusionTerms.zorro_temperature  # ...its temperature
+    negative_captions: bool = FusionTerms.negative_captions  # data.negatives' hard-negative captions as further ITM
+                                    # negatives and re-ranking candidates of their own image
 
 
 @dataclass

@@ -139,10 +139,25 @@ def build_objective(cfg: TrainConfig, model: torch.nn.Module) -> Objective:
     if cfg.data.ids_from and not objective.uses_sample_ids:
         raise UserError(f"data.ids_from={shown_value(cfg.data.ids_from)} marks captions of one image as positives, "
                         f"but objective {cfg.objective.name} does not read sample ids; set data.ids_from=''")
+    if objective.needs_negatives != bool(cfg.data.negatives):
+        raise UserError(negatives_mismatch(cfg, objective, has_fusion))
     refusal = objective.grad_cache_refusal()
     if cfg.train.chunk_size and refusal:
         raise UserError(f"train.chunk_size (GradCache) cannot serve {refusal}; set train.chunk_size=0")
     return objective
+
+
+def negatives_mismatch(cfg: TrainConfig, objective: Objective, has_fusion: bool) -> str:
+    """Why data.negatives and the objective's ``needs_negatives`` disagree, naming who reads the captions."""
+    pure = objective.pure if isinstance(objective, WithFusion) else objective
+    readers = [f"objective {cfg.objective.name}"] * pure.needs_negatives
+    readers += ["objective.fusion.negative_captions"] * (pure is not objective and objective.terms.negative_captions)
+    if readers:
+        return (f"{' and '.join(readers)} train{'s' * (len(readers) == 1)} on hard-negative captions: set "
+                f"data.negatives=rules or data.negatives=shards")
+    fixes = "objective.name=negclip" + (" or objective.fusion.negative_captions=true" if has_fusion else "")
+    return (f"data.negatives={shown_value(cfg.data.negatives)} adds hard-negative captions, but objective "
+            f"{cfg.objective.name} does not read them; set data.negatives='' or {fixes}")
 
 
 @dataclass
@@ -191,11 +206,6 @@ def setup(cfg: TrainConfig, out: Path, resume: str | None, accelerator: Accelera
     if cfg.model.compile:
         prepared = torch.compile(prepared)  # checkpoints and the model directory keep using `model`
     views = simclr_view_transform(model.preprocess_cfg) if objective.needs_views else None
-    if objective.needs_negatives != bool(cfg.data.negatives):
-        raise UserError(f"objective {cfg.objective.name} trains on hard-negative captions: set data.negatives=rules "
-                        f"or data.negatives=shards" if objective.needs_negatives else
-                        f"data.negatives={shown_value(cfg.data.negatives)} adds hard-negative captions, but objective "
-                        f"{cfg.objective.name} does not read them; set data.negatives='' or objective.name=negclip")
     loader = mc.make_loader(cfg.data.train, train_transform, tokenizer, cfg.data.batch_size, seed=cfg.seed,
                             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.workers, rank=rank,
                             world_size=world, pin_memory=accelerator.device.type == "cuda", state=loader_state,

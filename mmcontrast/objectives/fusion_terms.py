@@ -16,6 +16,8 @@ class FusionTerms:
     zorro_weight: float = 0.0        # the Zorro-style contrastive term
     zorro_stop_grad: bool = True     # ...without moving the pure embeddings
     zorro_temperature: float = 0.07  # ...its temperature
+    negative_captions: bool = False  # the batch's hard-negative captions as further ITM negatives and re-ranking
+                                     # candidates (NegCLIP's, Yuksekgonul et al. 2023)
 
     def __post_init__(self):
         weights = {k: v for k, v in asdict(self).items() if k.endswith("_weight")}
@@ -24,3 +26,8 @@ class FusionTerms:
                              f"blocks would learn nothing")
         if self.rerank_negatives < 1:
             raise ValueError(f"rerank_negatives must be at least 1, got {self.rerank_negatives}")
+        if not isinstance(self.negative_captions, bool):
+            raise ValueError(f"negative_captions must be true or false, got {self.negative_captions!r}")
+        if self.negative_captions and not (self.itm_weight or self.rerank_weight):
+            raise ValueError("negative_captions feeds the ITM and re-ranking terms, and both weights are 0; set "
+                             "itm_weight or rerank_weight above 0, or negative_captions false")
