@@ -52,8 +52,8 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
     ids_from: str = ""              # key.json field whose equal values mark positives (e.g. source: the image
                                     # path data_prep records), so captions of one image are not negatives
-    negatives: str = ""             # hard-negative captions for objective negclip and objective.fusion.
-                                    # negative_captions: "shards" (key.neg.txt lines,
+    negatives: str = ""             # hard-negative captions for objective negclip and
+                                    # objective.fusion.negative_captions: "shards" (key.neg.txt lines,
                                     # key.json "negatives"), "rules" (made from each caption), "" none
     negatives_per_sample: int = 1   # ...at most this many per sample (NegCLIP: 1)
     max_bad_fraction: float = 0.1   # stop when more than this fraction of the samples read was unusable:
