@@ -92,7 +92,9 @@ def test_a_config_found_nowhere_names_every_place_tried(wheel, tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: config file not found: tiy (tried {tmp_path / 'tiy'} and "
                            f"{site / 'training' / 'configs' / 'tiy.yaml'}; shipped configs: objectives/clip_seed1, ")
-    assert line.endswith(", tiny, tiny_fusion, tiny_lit_minilm)")
+    shipped = sorted(p.relative_to(ROOT / "training/configs").with_suffix("").as_posix()
+                     for p in (ROOT / "training/configs").glob("**/*.yaml"))
+    assert line.endswith(f"shipped configs: {', '.join(shipped)})")
     assert not (tmp_path / "run").exists()
 
 
