@@ -104,17 +104,36 @@ def input_paths(args: argparse.Namespace, source: str) -> dict[str, Path]:
     return {option: Path(path) for option, path in named.items() if path}
 
 
+def load_model(args: argparse.Namespace, state) -> tuple:
+    """(device, model, preprocess, tokenizer, autocast dtype, the model's identity for the cache) from the
+    arguments every task shares; ``state``: accelerate's PartialState (its device under a GPU launch)."""
+    import torch
+
+    import mmcontrast as mc
+
+    from .cache import file_identity
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = state.device
+    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device,
+                                           allow_nonfinite=args.allow_nonfinite)
+    dtype = getattr(torch, DTYPES[args.precision]) if DTYPES[args.precision] else None
+    weights = Path(args.pretrained or args.model.removeprefix("hf:"))
+    model_id = [args.model, file_identity(weights) if weights.exists() else None, model.preprocess_cfg, args.precision]
+    return device, model, preprocess, tokenizer, dtype, model_id
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.task == "compositional":
         from .compositional_cli import run
-        return run(args, input_paths, DTYPES)
+        return run(args, input_paths, load_model)
     from .report import output_paths
     outputs = output_paths(args.output, args.task)  # before the heavy imports: a bad name answers at once
     import torch
     from accelerate import PartialState
 
-    import mmcontrast as mc
     import mmcontrast.model  # noqa: F401  before the process group (mmcontrast.distributed.shutdown)
 
     from .cache import EmbeddingCache, cache_key, file_identity
@@ -134,15 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if not isinstance(ds, want):
         raise UserError(f"{args.dataset} is a {'retrieval' if isinstance(ds, RetrievalSet) else 'classification'} "
                         f"set; `{args.task}` needs the other kind")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = state.device
-    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device,
-                                           allow_nonfinite=args.allow_nonfinite)
-    dtype = getattr(torch, DTYPES[args.precision]) if DTYPES[args.precision] else None
+    device, model, preprocess, tokenizer, dtype, model_id = load_model(args, state)
     cache = EmbeddingCache(args.cache_dir or None, writer=main_process)
-    weights = Path(args.pretrained or args.model.removeprefix("hf:"))
-    model_id = [args.model, file_identity(weights) if weights.exists() else None, model.preprocess_cfg, args.precision]
     common = dict(batch_size=args.batch_size, device=device, dtype=dtype, workers=args.workers, cache=cache,
                   progress=main_process)
     if args.task == "retrieval":

@@ -8,13 +8,13 @@ chance levels, standard errors and ties, and an HTML page of failures beside it.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mmcontrast.errors import UserError
 
 
-def run(args: argparse.Namespace, input_paths, dtypes: dict) -> None:
-    """Everything ``python -m eval compositional`` does after parsing; ``input_paths`` names the files read."""
+def run(args: argparse.Namespace, input_paths, load_model) -> None:
+    """Everything ``python -m eval compositional`` does after parsing; ``input_paths`` names the files read,
+    ``load_model`` loads the model as every task of the program does."""
     from .report import compositional_output_paths
     outputs = compositional_output_paths(args.output)  # before the heavy imports: a bad name answers at once
     for option in ("classnames", "templates"):
@@ -26,7 +26,6 @@ def run(args: argparse.Namespace, input_paths, dtypes: dict) -> None:
     import torch
     from accelerate import PartialState
 
-    import mmcontrast as mc
     import mmcontrast.model  # noqa: F401  before the process group (mmcontrast.distributed.shutdown)
 
     from .cache import EmbeddingCache, cache_key, file_identity
@@ -38,14 +37,7 @@ def run(args: argparse.Namespace, input_paths, dtypes: dict) -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
     ds = open_selection_set(args.dataset, args.root)
     check_outputs(outputs, input_paths(args, ds.source))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = state.device
-    model, preprocess, tokenizer = mc.load(args.model, pretrained=args.pretrained, device=device,
-                                           allow_nonfinite=args.allow_nonfinite)
-    dtype = getattr(torch, dtypes[args.precision]) if dtypes[args.precision] else None
-    weights = Path(args.pretrained or args.model.removeprefix("hf:"))
-    model_id = [args.model, file_identity(weights) if weights.exists() else None, model.preprocess_cfg, args.precision]
+    device, model, preprocess, tokenizer, dtype, model_id = load_model(args, state)
     key = cache_key(model_id, [file_identity(f) for f in ds.files], ds.images.fingerprint(), ds.texts)
     result = run_compositional(model, preprocess, tokenizer, ds, batch_size=args.batch_size, device=device,
                                dtype=dtype, workers=args.workers,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from mmcontrast.metrics import (clip_benchmark_selection, macro_accuracy, paired
                                 selection_metrics)
 
 from .spawn import run_workers
+from .test_eval_cli import _Images
 from .test_fusion import small_fusion_model
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -291,14 +291,6 @@ def test_two_processes_equal_one(shapes_root):
                 assert result[scorer][category] == pytest.approx(m, abs=1e-6, nan_ok=True)
 
 
-class _Images(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.sources = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.sources.append(dict(attrs)["src"])
 
 
 def test_program_end_to_end_with_the_tiny_model(shapes_root, tmp_path):
