@@ -14,7 +14,9 @@ The sum over chunks is exactly the full-batch gradient (``tests/test_gradcache.p
 OpenCLIP's ``--accum-freq``, the loss is evaluated once (its logit scale gets 1×, not k×, its
 gradient) and the random state is replayed. Under DDP only the last chunk synchronises gradients; the
 trainer passes its prepared ``ModelAndObjective``, whose ``forward(image, text)`` encodes a chunk under
-its own autocast, so that the chunks go through the DDP wrapper.
+its own autocast, so that the chunks go through the DDP wrapper. The captions an objective declares in
+``text_inputs`` (NegCLIP's hard negatives) are features r_i like the others: each chunk's rows are encoded in
+the chunk's forward (``forward(image, text, texts=...)``), cached, and re-encoded in step 3.
 Memory: one chunk's activations plus the N×d features and their gradients plus the logits.
 """
 
@@ -47,42 +49,46 @@ class RandContext:
         return self._fork.__exit__(*exc)
 
 
-def _features(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    # Features (and so their cached gradients) in at least fp32, whatever the autocast dtype.
-    return at_least_fp32(out["image_features"]), at_least_fp32(out["text_features"])
-
-
 def grad_cache_step(model: torch.nn.Module, objective: Objective, batch: dict, chunk_size: int,
                     loss_params: Callable[[], dict], backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                     no_sync: Callable = nullcontext, replay_rng: bool = True) -> dict:
     """Forward and backward of one step in chunks of ``chunk_size``; returns the objective's losses.
 
-    ``model(image, text)``: the model's outputs for a chunk. ``objective``: one whose ``grad_cache_refusal()``
-    is None. ``loss_params()``: the objective's live parameters, e.g. ``{"logit_scale": m.logit_scale.exp()}``.
-    ``backward``: how the loss is back-propagated (``accelerator.backward`` scales it under fp16; the
-    cached feature gradients are then scaled too). ``no_sync()``: DDP's no-sync context, entered for
-    every chunk but the last. ``replay_rng=False`` exists only to show that replay is needed.
+    ``model(image, text)``: the model's outputs for a chunk; for an objective with ``text_inputs`` it must be a
+    ``ModelAndObjective`` (or its DDP wrapper), called with ``texts=`` the chunk's rows of them. ``objective``:
+    one whose ``grad_cache_refusal()`` is None. ``loss_params()``: the objective's live parameters, e.g.
+    ``{"logit_scale": m.logit_scale.exp()}``. ``backward``: how the loss is back-propagated
+    (``accelerator.backward`` scales it under fp16; the cached feature gradients are then scaled too).
+    ``no_sync()``: DDP's no-sync context, entered for every chunk but the last. ``replay_rng=False`` exists
+    only to show that replay is needed.
     """
     image, text = batch["image"], batch["text"]
+    texts = objective.text_inputs(batch)  # {name: (tokens [B, K, L], mask [B, K])}, encoded as features [B, K, D]
+    names = ["image_features", "text_features", *texts]
     chunks = [slice(i, i + chunk_size) for i in range(0, image.shape[0], chunk_size)]
-    states, image_reps, text_reps = [], [], []
+
+    def encode(c: slice) -> dict:
+        extra = {"texts": {n: (tokens[c], mask[c]) for n, (tokens, mask) in texts.items()}} if texts else {}
+        return model(image[c], text[c], **extra)
+
+    states, reps = [], {n: [] for n in names}
     with torch.no_grad():
         for c in chunks:
             states.append(RandContext(image[c], text[c]) if replay_rng else nullcontext())
-            u, v = _features(model(image[c], text[c]))
-            image_reps.append(u)
-            text_reps.append(v)
-    image_features = torch.cat(image_reps).requires_grad_()
-    text_features = torch.cat(text_reps).requires_grad_()
-    losses = objective(image_features=image_features, text_features=text_features, **loss_params(), batch=batch)
+            out = encode(c)
+            for n in names:
+                # in at least fp32 (and so their cached gradients), whatever the autocast dtype
+                reps[n].append(at_least_fp32(out[n]))
+    features = {n: torch.cat(reps[n]).requires_grad_() for n in names}
+    losses = objective(**features, **loss_params(), batch=batch)
     backward(losses["loss"])
     for k, (c, state) in enumerate(zip(chunks, states)):
         with (no_sync() if k < len(chunks) - 1 else nullcontext()), state:
-            out = model(image[c], text[c])
-            u, v = _features(out)
-            surrogate = (u * image_features.grad[c]).sum() + (v * text_features.grad[c]).sum()
+            out = encode(c)
+            surrogate = sum((at_least_fp32(out[n]) * features[n].grad[c]).sum() for n in names
+                            if features[n].grad is not None)
             # Zero-weight terms put the loss parameters in this graph too, so DDP sees every parameter used
             # and averages their gradients (already accumulated in step 2) with the rest.
-            surrogate = surrogate + sum(0.0 * out[k].sum() for k in ("logit_scale", "logit_bias") if k in out)
+            surrogate = surrogate + sum(0.0 * out[p].sum() for p in ("logit_scale", "logit_bias") if p in out)
             surrogate.backward()
     return {k: v.detach() for k, v in losses.items()}

@@ -1,4 +1,5 @@
-"""GradCache (Gao et al. 2021): chunked gradients equal one full-batch backward, in one and two processes."""
+"""GradCache (Gao et al. 2021): chunked gradients equal one full-batch backward, in one and two processes; with
+NegCLIP's hard-negative captions (encoded in the chunks) too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 import mmcontrast as mc
 from mmcontrast.gradcache import grad_cache_step
+from mmcontrast.objectives import ModelAndObjective, NegCLIPLoss
 
 from .spawn import run_workers
 
@@ -28,9 +30,13 @@ class TwoTowerMLP(torch.nn.Module):
         self.logit_bias = torch.nn.Parameter(torch.tensor(-10.0)) if bias else None
         self.double()
 
+    def encode_text(self, text, normalize=False):
+        features = self.textual(text)
+        return F.normalize(features, dim=-1) if normalize else features
+
     def forward(self, image, text):
         out = {"image_features": F.normalize(self.visual(image), dim=-1),
-               "text_features": F.normalize(self.textual(text), dim=-1), "logit_scale": self.logit_scale.exp()}
+               "text_features": self.encode_text(text, normalize=True), "logit_scale": self.logit_scale.exp()}
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         return out
@@ -158,3 +164,110 @@ def test_trainer_with_chunks_equals_plain_steps(small_demo, tmp_path):
     torch.testing.assert_close(cached_loss, loss, atol=1e-5, rtol=0)
     for k in plain:
         torch.testing.assert_close(cached[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+# ---------------------------------------------------------------- NegCLIP's hard-negative captions
+
+def _negatives_batch(masks: str, n=16, k=2):
+    """``_batch`` plus K hard-negative captions per sample. "mixed": samples 2 and 5 hold one valid negative,
+    samples 8–15 (rank 1 of two) none; "none": no sample holds any."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(n, k, dtype=torch.bool)
+    mask[[2, 5], 1] = False
+    mask[8:] = False
+    if masks == "none":
+        mask[:] = False
+    return {**_batch(n), "negatives": torch.randint(0, 50, (n, k, 4), generator=g), "negatives_mask": mask}
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _plain_negclip(batch, local_loss=True):
+    """The plain step: one forward of the whole batch (negatives encoded inside it) and one backward."""
+    model = TwoTowerMLP().eval()
+    loss = ModelAndObjective(model, NegCLIPLoss(local_loss))(batch["image"], batch["text"], batch)["loss"]
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+def _cached_negclip(model, batch, chunk, local_loss=True):
+    torch.manual_seed(123)
+    objective = NegCLIPLoss(local_loss)
+    loss = grad_cache_step(ModelAndObjective(model, objective), objective, batch, chunk, lambda: _params(model))
+    return loss["loss"], _grads(model)
+
+
+def _assert_equal_grads(got, expected):
+    assert got.keys() == expected.keys() and "textual.0.weight" in got
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("masks", ["mixed", "none"])
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_negclip_chunked_gradients_equal_the_plain_step(masks, chunk, local_loss):
+    batch = _negatives_batch(masks)
+    loss, grads = _plain_negclip(batch, local_loss)
+    got_loss, got = _cached_negclip(TwoTowerMLP().eval(), batch, chunk, local_loss)
+    torch.testing.assert_close(got_loss, loss, rtol=1e-12, atol=0)
+    _assert_equal_grads(got, grads)
+    if masks == "mixed":  # the negatives take part: without them the loss is CLIP's
+        clip = mc.make_objective("clip")(**TwoTowerMLP().eval()(batch["image"], batch["text"]), batch=batch)
+        assert loss > clip["loss"]
+
+
+def test_negclip_chunks_replay_the_random_state_of_the_negatives():
+    """With dropout in the text tower: the reference encodes chunk by chunk (captions, then that chunk's valid
+    negatives) with the whole graph in memory, as GradCache's passes draw their masks."""
+    batch, chunk = _negatives_batch("mixed"), 3
+    model = TwoTowerMLP().train()
+    torch.manual_seed(123)
+    parts = {"image_features": [], "text_features": [], "negative_features": []}
+    for i in range(0, 16, chunk):
+        c = slice(i, i + chunk)
+        out = model(batch["image"][c], batch["text"][c])
+        valid = batch["negatives_mask"][c].flatten()
+        negatives = out["text_features"].new_zeros(valid.numel(), 8)
+        if valid.any():
+            negatives[valid] = model.encode_text(batch["negatives"][c].flatten(0, 1)[valid], normalize=True)
+        for name, value in (("image_features", out["image_features"]), ("text_features", out["text_features"]),
+                            ("negative_features", negatives.view(-1, 2, 8))):
+            parts[name].append(value)
+    features = {name: torch.cat(v) for name, v in parts.items()}
+    loss = NegCLIPLoss()(**features, **_params(model), batch=batch)["loss"]
+    loss.backward()
+    got_loss, got = _cached_negclip(TwoTowerMLP().train(), batch, chunk)
+    torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-12, atol=0)
+    _assert_equal_grads(got, _grads(model))
+
+
+def _ddp_negclip_worker(rank, world):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    assert torch.distributed.get_world_size() == world == 2
+    b, out = 16 // world, {}
+    mine = {k: v[rank * b:(rank + 1) * b] for k, v in _negatives_batch("mixed").items()}
+    for local_loss in (True, False):
+        model = TwoTowerMLP().eval()
+        objective = NegCLIPLoss(local_loss)
+        ddp = DDP(ModelAndObjective(model, objective))
+        losses = grad_cache_step(ddp, objective, mine, 3, lambda: _params(model), no_sync=ddp.no_sync)
+        loss = losses["loss"].clone()
+        torch.distributed.all_reduce(loss)
+        out[local_loss] = (loss / world, _grads(model))
+    return out
+
+
+def test_negclip_two_processes_with_gradcache_equal_one_process():
+    """DDP in two gloo processes, chunks of 3 of the 8 samples per rank, rank 1 holding no valid negative: the
+    loss and the averaged gradients are those of the plain step over the 16-sample batch in one process."""
+    results = run_workers(_ddp_negclip_worker, 2)
+    assert len(results) == 2
+    for local_loss in (True, False):
+        ref_loss, ref = _plain_negclip(_negatives_batch("mixed"), local_loss)
+        for result in results:
+            loss, grads = result[local_loss]
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=0)
+            _assert_equal_grads(grads, ref)

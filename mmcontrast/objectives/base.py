@@ -35,6 +35,15 @@ class Objective(torch.nn.Module):
         """Why the loss cannot be computed from GradCache's cached features, as "<what>: <why>"; None: it can."""
         return None
 
+    def text_inputs(self, batch: dict | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Captions beyond ``batch["text"]`` the loss reads as features: ``{name: (tokens [b, K, L], mask [b, K])}``.
+
+        Whoever runs the model encodes them through its text tower — ``ModelAndObjective`` in a plain step,
+        GradCache chunk by chunk along with the captions, so that they get its exact gradients — and passes
+        ``name=`` [b, K, D] to ``forward``: L2-normalised, zero where the mask is False. {}: none.
+        """
+        return {}
+
     def attach(self, model: torch.nn.Module, total_steps: int = 1) -> None:
         """Set up from the model before training: build heads or a teacher, check that the model fits."""
 

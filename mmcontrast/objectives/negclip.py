@@ -12,8 +12,10 @@ labels per rank, and with sample ids several captions of one image are positives
 
 This project's differences: NegCLIP also adds a nearest-neighbour hard *image* per sample (its batch is 2B
 images × 4B captions); here the batch's own images serve, and the negatives come from the loader
-(``needs_negatives``: ``batch["negatives"]`` [B, K, L] tokens, ``batch["negatives_mask"]`` [B, K]) and are
-encoded here through the model's text tower, under the trainer's autocast.
+(``needs_negatives``: ``batch["negatives"]`` [B, K, L] tokens, ``batch["negatives_mask"]`` [B, K]). They are
+declared in ``text_inputs``, so the model's text tower encodes them where it encodes the captions: in
+``ModelAndObjective``'s forward, or chunk by chunk in GradCache, whose gradients are then exact. Called on its
+own with ``model=`` and no ``negative_features``, the loss encodes them itself, under the trainer's autocast.
 """
 
 from __future__ import annotations
@@ -23,38 +25,29 @@ import torch.nn.functional as F
 
 from ..distributed import all_gather_no_grad, all_gather_with_grad
 from .clip import ClipLoss, soft_cross_entropy
+from .model_and_objective import encode_texts
 from .pairs import PairwiseObjective, at_least_fp32, batch_ids
 
 
 class NegCLIPLoss(PairwiseObjective):
-    needs_model = True       # the negative captions go through the model's text tower: forward takes model=
     needs_negatives = True
 
-    def grad_cache_refusal(self) -> str | None:
-        return "objective negclip: its negative captions are encoded inside the loss, not in GradCache's chunks"
-
-    def forward(self, image_features, text_features, logit_scale, batch=None, model=None, **_) -> dict:
+    def text_inputs(self, batch: dict | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if batch is None or "negatives" not in batch:
             raise ValueError("NegCLIP needs hard-negative captions in batch['negatives'] ([b, K, L] tokens) and "
                              "batch['negatives_mask'] ([b, K]); make the loader with negatives='shards' or 'rules'")
-        negative_features = self.encode_negatives(self.given_model(model), batch["negatives"],
-                                                  batch["negatives_mask"], text_features)
-        return self.loss(image_features, text_features, logit_scale, negative_features, batch["negatives_mask"],
-                         batch_ids(batch))
+        return {"negative_features": (batch["negatives"], batch["negatives_mask"])}
 
-    def encode_negatives(self, model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor,
-                         text_features: torch.Tensor) -> torch.Tensor:
-        """[b·K, D] L2-normalised embeddings of the valid negatives, zero rows elsewhere, so that every rank
-        gathers one shape."""
-        valid = mask.flatten()
-        rows = at_least_fp32(text_features).new_zeros(valid.numel(), text_features.shape[-1])
-        if not valid.any():
-            # asking for gradient as the other ranks' encodings do: the gather's backward is a collective
-            # that every rank must enter
-            return rows.requires_grad_(torch.is_grad_enabled())
-        with self.model_autocast():
-            encoded = model.encode_text(tokens.flatten(0, 1)[valid], normalize=True)
-        return rows.index_put((valid.nonzero()[:, 0],), encoded.to(rows.dtype))
+    def forward(self, image_features, text_features, logit_scale, batch=None, negative_features=None, model=None,
+                **_) -> dict:
+        """``negative_features`` [b, K, D]: ``text_inputs`` encoded (``encode_texts``); without it, ``model=``
+        encodes them here."""
+        ((tokens, mask),) = self.text_inputs(batch).values()
+        if negative_features is None:
+            with self.model_autocast():
+                negative_features = encode_texts(self.given_model(model), tokens, mask, text_features)
+        return self.loss(image_features, text_features, logit_scale, negative_features.flatten(0, 1), mask,
+                         batch_ids(batch))
 
     def image_to_text_logits(self, image_features: torch.Tensor, text_logits: torch.Tensor, logit_scale: torch.Tensor,
                              negative_features: torch.Tensor, negative_mask: torch.Tensor) -> torch.Tensor:
