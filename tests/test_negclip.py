@@ -1,5 +1,6 @@
 """NegCLIP (Yuksekgonul et al. 2023): its identities with ClipLoss, two processes = one, the rule-based
-perturber, hard negatives in the loader, and a training step."""
+perturber, hard negatives in the loader, and training, plain and through GradCache (its exact gradients:
+``tests/test_gradcache.py``)."""
 
 from __future__ import annotations
 
@@ -267,7 +268,7 @@ def test_bad_negatives_are_clear_errors(tmp_path):
 
 # ---------------------------------------------------------------- training
 
-def test_training_with_negclip_steps_and_refuses_what_it_cannot_serve(small_demo, tmp_path):
+def test_training_with_negclip_steps_and_refuses_mismatched_negatives(small_demo, tmp_path):
     from training.train import setup, train_step
 
     from .test_train import _cfg
@@ -283,8 +284,45 @@ def test_training_with_negclip_steps_and_refuses_what_it_cannot_serve(small_demo
         setup(_cfg(small_demo, "objective.name=negclip"), tmp_path / "a", None)
     with pytest.raises(mc.UserError, match="does not read them"):
         setup(_cfg(small_demo, "data.negatives=rules"), tmp_path / "b", None)
-    with pytest.raises(mc.UserError, match="cannot serve objective negclip"):
-        setup(_cfg(small_demo, "objective.name=negclip", "data.negatives=rules", "train.chunk_size=4"),
-              tmp_path / "c", None)
     with pytest.raises(mc.UserError, match="data.negatives must be one of"):
         setup(_cfg(small_demo, "data.negatives=spacy"), tmp_path / "d", None)
+
+
+def test_trainer_with_gradcache_equals_plain_steps(small_demo, tmp_path):
+    """Two optimizer steps on one loader batch, in chunks of 3 of its 8 samples and whole: the same weights."""
+    from training.train import setup, train_step
+
+    from .test_train import _cfg
+    finals = []
+    for chunk in (0, 3):
+        t = setup(_cfg(small_demo, "objective.name=negclip", "data.negatives=rules", "data.batch_size=8",
+                       "precision=fp32", f"train.chunk_size={chunk}"), tmp_path / str(chunk), None)
+        batch = next(iter(t.loader))
+        assert batch["negatives_mask"].all()  # the shapes captions always have a perturbation: drop some
+        batch["negatives_mask"][[1, 6, 7]] = False  # one row of the first chunk, the whole last chunk
+        for _ in range(2):
+            losses, _, stepped, _ = train_step(t, batch, stop_requested=False)
+            assert stepped
+        finals.append((losses["loss"], t.unwrapped.state_dict()))
+    (loss, plain), (cached_loss, cached) = finals
+    torch.testing.assert_close(cached_loss, loss, atol=1e-5, rtol=0)
+    for k in plain:
+        torch.testing.assert_close(cached[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_negclip_config_trains_through_gradcache(small_demo, tmp_path):
+    """``training/configs/objectives/negclip.yaml`` with ``train.chunk_size=32``: batches of 64 in two chunks,
+    in the config's bf16, three steps end to end (no evaluation: that is the plain run's)."""
+    from training.config import load_config
+    from training.train import train
+
+    from .test_train import _losses
+    cfg = load_config("training/configs/objectives/negclip.yaml", [
+        f"data.train={small_demo / 'train'}", "data.batch_size=64", "data.shuffle_buffer=200", "train.chunk_size=32",
+        "schedule.steps=3", "schedule.warmup=1", "log.every=1", "checkpoint.every=0", "eval.every=0",
+        "eval.retrieval=", "eval.zeroshot="])
+    assert (cfg.objective.name, cfg.data.negatives, cfg.train.chunk_size) == ("negclip", "rules", 32)
+    train(cfg, tmp_path / "run")
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert (tmp_path / "run" / "final" / "open_clip_model.safetensors").is_file()
