@@ -122,6 +122,8 @@ class EvalConfig:
     retrieval: str = "data/demo/retrieval"   # CLIP_benchmark webdataset dir; "" to skip
     rerank_k: int = 0               # with model.fusion: also re-rank each query's top K by the ITM head
     zeroshot: str = "data/demo/zeroshot"     # CLIP_benchmark webdataset dir; "" to skip
+    compositional: str = ""         # a generated compositional set (python -m data_prep compositional, or the
+                                    # demo's OUT/compositional): accuracy per category beside chance; "" to skip
     batch_size: int = 256           # images or captions per forward pass in evaluation
 
 

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mmcontrast.metrics.compositional import binomial_stderr  # noqa: E402
+
 HEADLINE = [
     ("retrieval", "text_retrieval_recall@1", "image→text R@1"),
     ("retrieval", "text_retrieval_recall@5", "image→text R@5"),
@@ -38,20 +40,50 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def results_table(result: dict) -> str:
-    """Held-out metrics beside chance; with fusion blocks, the ITM re-ranked recalls beside the dual encoder's."""
+    """Held-out metrics beside chance; with fusion blocks, the ITM re-ranked recalls (and the ITM-scored
+    compositional accuracies) beside the dual encoder's."""
     reranked = result.get("retrieval", {}).get("reranked")
-    extra = f" ITM re-ranked, top {reranked['k']} (%) |" if reranked else ""
+    itm = result.get("compositional", {}).get("metrics", {}).get("itm")
+    extra = ""
+    if reranked or itm:
+        names = ([f"ITM re-ranked, top {reranked['k']}"] if reranked else []) + (["ITM-scored"] if itm else [])
+        extra = f" {' / '.join(names)} (%) |"
     lines = [f"| metric | held-out (%) |{extra} chance (%) | × chance |",
-             "|---|---:|" + ("---:|" if reranked else "") + "---:|---:|"]
+             "|---|---:|" + ("---:|" if extra else "") + "---:|---:|"]
     for task, key, label in HEADLINE:
         if task not in result:
             continue
         value, chance = result[task]["metrics"][key], result[task]["chance"][key]
         cell = ""
-        if reranked:
-            cell = f" {100 * reranked['metrics'][key]:.2f} |" if key in reranked["metrics"] else " |"
+        if extra:
+            cell = f" {100 * reranked['metrics'][key]:.2f} |" if reranked and key in reranked["metrics"] else " |"
         lines.append(f"| {label} | {100 * value:.2f} |{cell} {100 * chance:.2f} | {value / chance:.1f} |")
+    if "compositional" in result:
+        lines += compositional_rows(result["compositional"], bool(extra))
     return "\n".join(lines) + "\n"
+
+
+def compositional_rows(comp: dict, extra_column: bool) -> list[str]:
+    """One row per category (its accuracy ± standard error), Winoground's text / image / group scores, and
+    SugarCrepe's mean over the categories, each beside its chance level; the ITM-scored value in the extra
+    column when the model has fusion blocks."""
+    pure, itm = comp["metrics"]["embeddings"], comp["metrics"].get("itm")
+    lines, one_image = [], sum(c != "mean" and "text_acc" not in m for c, m in pure.items())
+    for category, m in pure.items():
+        two_images = "text_acc" in m  # Winoground-style: the text, image and group scores
+        for key, name in (("text_acc", "text"), ("image_acc", "image"), ("acc", "group")) if two_images else (("acc", ""),):
+            label = f"{category} {name}".strip() if category != "mean" else f"mean of {one_image} categories"
+            cell = f" {_with_stderr(itm[category], key)} |" if itm else (" |" if extra_column else "")
+            chance = comp["chance"][category][key]
+            lines.append(f"| {label} (compositional) | {_with_stderr(m, key)} |{cell} {100 * chance:.2f} "
+                         f"| {m[key] / chance:.1f} |")
+    return lines
+
+
+def _with_stderr(m: dict, key: str) -> str:
+    """``m[key]`` ± its standard error, in percent: ``acc_stderr`` for acc, the binomial one otherwise."""
+    se = m["acc_stderr"] if key == "acc" else binomial_stderr(m[key], m["n"])
+    return f"{100 * m[key]:.2f} ± {100 * se:.2f}"
 
 
 def plot_curves(train: list[dict], evals: list[dict], path: Path) -> None:
@@ -103,6 +135,11 @@ def write_report(run: Path, result: dict, faults: dict[str, int] | None = None) 
     if faults is not None:
         skipped = ", ".join(f"{reason} {n}" for reason, n in faults.items()) or "nothing"
         lines += [f"Skipped while reading the training shards: {skipped}.", ""]
+    if "compositional" in result:
+        c = result["compositional"]
+        lines.insert(5, f"Compositional set {c['root']}: {c['items']} test cases over {c['images']} images. Its "
+                        f"failures, shown: `python -m eval compositional --model {run / 'final'} --dataset shapes "
+                        f"--root {c['root']}`.\n")
     if "retrieval" in result:
         r = result["retrieval"]
         lines.insert(4, f"Retrieval set: {r['images']} images, {r['texts']} captions. "
