@@ -66,7 +66,19 @@ BATCH = 8
 
 
 def platform() -> str:
-    return f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}"
+    """What decides the float rounding: torch, its kernel level, and the processor (an AMD EPYC and an Intel Xeon
+    with AMX both report AVX512, yet their bf16 and reduction kernels round differently)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+               "unknown cpu")
+    amx = " + AMX" if " amx_bf16" in _cpuinfo() else ""
+    return f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}{amx}, {cpu}"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def _sha(tensors) -> str:
