@@ -8,6 +8,7 @@ import argparse
 from mmcontrast.data.limits import Limits
 from mmcontrast.errors import run_main
 
+from .demo import DEMO_COMPOSITIONAL_SIZE, DEMO_SCENE_SHARE
 from .process import RESIZE_MODES, ProcessOptions
 from .sources import SOURCES, SourceOptions
 
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--retrieval-size", type=int, default=1000)
     demo.add_argument("--zeroshot-size", type=int, default=1600)
     demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--scene-share", type=float, default=0.0,
-                      help="fraction of training images that are scenes of 2–3 objects with relation captions")
-    demo.add_argument("--compositional-size", type=int, default=0,
-                      help="items per category of a compositional set written under OUT/compositional (0: none)")
+    demo.add_argument("--scene-share", type=float, default=DEMO_SCENE_SHARE,
+                      help="fraction of training images that are scenes of 2–3 objects with relation captions "
+                           "(%(default)s)")
+    demo.add_argument("--compositional-size", type=int, default=DEMO_COMPOSITIONAL_SIZE,
+                      help="items per category of a compositional set written under OUT/compositional (0: none; "
+                           "%(default)s)")
     comp = sub.add_parser("compositional", help="a compositional test set of shapes scenes: SugarCrepe's layout "
                                                 "(one JSON per category + images) and Winoground's 2 × 2 groups")
     comp.add_argument("--out", required=True)

@@ -160,7 +160,8 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path, state):
 
 
 TINY = ["data.batch_size=8", "data.workers=1", "data.shuffle_buffer=50", "schedule.steps=8", "schedule.warmup=2",
-        "log.every=1", "checkpoint.every=2", "eval.retrieval=", "eval.zeroshot=", "precision=fp32"]
+        "log.every=1", "checkpoint.every=2", "eval.retrieval=", "eval.zeroshot=", "eval.compositional=",
+        "precision=fp32"]
 
 
 def _cli(run: Path, *args, preexec_fn=None) -> subprocess.CompletedProcess:

@@ -201,7 +201,7 @@ def _short_cfg(shard: Path, *extra):
     return load_config("training/configs/tiny.yaml", [
         f"data.train={shard}", "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=0", "schedule.steps=2",
         "schedule.warmup=0", "log.every=1", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=",
-        "precision=fp32", *extra])
+        "eval.compositional=", "precision=fp32", *extra])
 
 
 def test_a_short_run_with_half_its_samples_bad_fails_at_the_end(half_bad_shard, tmp_path):
@@ -224,7 +224,8 @@ def test_the_cli_exits_2_with_the_counts(half_bad_shard, tmp_path, capsys):
     from training.__main__ import main
     args = ["--config", "training/configs/tiny.yaml", "--output", str(tmp_path / "run"),
             f"data.train={half_bad_shard}", "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=0",
-            "schedule.steps=2", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=", "precision=fp32"]
+            "schedule.steps=2", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=", "eval.compositional=",
+            "precision=fp32"]
     with pytest.raises(SystemExit) as e:
         run_main(lambda: main(args))
     err = capsys.readouterr().err.strip().split("\n")  # the progress bar's lines, then the error

@@ -355,7 +355,7 @@ def test_fusion_run_trains_reports_both_recalls_and_evaluates_from_the_cli(small
     cfg = load_config("training/configs/tiny_fusion.yaml", [
         f"data.train={small_demo / 'train'}", "data.batch_size=32", "data.workers=0", "data.shuffle_buffer=100",
         "schedule.steps=8", "schedule.warmup=2", "log.every=4", "checkpoint.every=4", "eval.every=0",
-        f"eval.retrieval={small_demo / 'retrieval'}", "eval.zeroshot=", "eval.rerank_k=10",
+        f"eval.retrieval={small_demo / 'retrieval'}", "eval.zeroshot=", "eval.compositional=", "eval.rerank_k=10",
         "model.fusion.width=64", "model.fusion.depth=1", "objective.fusion.zorro_weight=0.5"])
     result = train(cfg, tmp_path / "run")
     assert result["retrieval"]["reranked"]["k"] == 10

@@ -143,8 +143,8 @@ def test_the_option_without_negatives_in_the_batch_is_a_clear_error(model, batch
 def _cfg(demo, *extra):
     return load_config("training/configs/tiny_fusion_negatives.yaml", [
         f"data.train={demo / 'train'}", "data.batch_size=8", "data.workers=0", "data.shuffle_buffer=50",
-        "schedule.steps=4", "schedule.warmup=1", "eval.every=0", "eval.retrieval=", "eval.zeroshot=",
-        "eval.rerank_k=0", "model.fusion.width=64", "model.fusion.depth=1", "precision=fp32", *extra])
+        "schedule.steps=4", "schedule.warmup=1", "eval.every=0", "eval.retrieval=", "eval.zeroshot=", "eval.rerank_k=0",
+        "eval.compositional=", "model.fusion.width=64", "model.fusion.depth=1", "precision=fp32", *extra])
 
 
 def test_a_training_step_with_the_configs_settings(small_demo, tmp_path):

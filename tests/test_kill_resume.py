@@ -31,7 +31,7 @@ def _command(small_demo, out: Path, processes: int, *extra) -> list[str]:
     return [*launch, "--config", "training/configs/tiny.yaml", "--output", str(out),
             f"data.train={small_demo / 'train'}", "data.batch_size=8", "data.workers=2", "data.shuffle_buffer=50",
             f"schedule.steps={STEPS}", "schedule.warmup=2", "log.every=1", "checkpoint.every=2",
-            "checkpoint.keep=2", "eval.retrieval=", "eval.zeroshot=", "precision=fp32", *extra]
+            "checkpoint.keep=2", "eval.retrieval=", "eval.zeroshot=", "eval.compositional=", "precision=fp32", *extra]
 
 
 def _run(cmd: list[str]) -> None:

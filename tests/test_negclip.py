@@ -320,7 +320,7 @@ def test_negclip_config_trains_through_gradcache(small_demo, tmp_path):
     cfg = load_config("training/configs/objectives/negclip.yaml", [
         f"data.train={small_demo / 'train'}", "data.batch_size=64", "data.shuffle_buffer=200", "train.chunk_size=32",
         "schedule.steps=3", "schedule.warmup=1", "log.every=1", "checkpoint.every=0", "eval.every=0",
-        "eval.retrieval=", "eval.zeroshot="])
+        "eval.retrieval=", "eval.zeroshot=", "eval.compositional="])
     assert (cfg.objective.name, cfg.data.negatives, cfg.train.chunk_size) == ("negclip", "rules", 32)
     train(cfg, tmp_path / "run")
     losses = _losses(tmp_path / "run")

@@ -62,7 +62,7 @@ def test_persistent_non_finite_loss_stops_the_run(small_demo, tmp_path, monkeypa
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(small_demo, tmp_path):
     args = [sys.executable, "-m", "training", "--config", "training/configs/tiny.yaml", "--output", str(tmp_path),
             f"data.train={small_demo / 'train'}", "data.batch_size=16", "schedule.steps=400", "log.every=1",
-            "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=", "precision=fp32"]
+            "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=", "eval.compositional=", "precision=fp32"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
@@ -106,7 +106,7 @@ def _faulty_cfg(shards: Path, *extra):
     return load_config("training/configs/tiny.yaml", [
         f"data.train={shards}/{{a,b}}.tar", "data.batch_size=8", "data.workers=1", "data.shuffle_buffer=0",
         "schedule.steps=40", "log.every=5", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=",
-        "precision=fp32", *extra])
+        "eval.compositional=", "precision=fp32", *extra])
 
 
 def test_broken_samples_and_shards_are_skipped_counted_and_reported(faulty_shards, tmp_path):

@@ -29,7 +29,7 @@ from .spawn import run_workers
 HOST = socket.gethostname()
 TINY = ["--config", "training/configs/tiny.yaml", "data.batch_size=8", "data.workers=1", "data.shuffle_buffer=50",
         "schedule.steps=12", "schedule.warmup=2", "log.every=1", "checkpoint.every=2", "eval.retrieval=",
-        "eval.zeroshot=", "precision=fp32"]
+        "eval.zeroshot=", "eval.compositional=", "precision=fp32"]
 
 
 def _earlier_run(path: Path) -> Path:

@@ -20,7 +20,7 @@ def _cfg(demo, *extra):
         f"data.train={demo / 'train'}", "data.batch_size=32", "data.workers=1", "data.shuffle_buffer=200",
         "schedule.steps=60", "schedule.warmup=10", "optim.lr=1e-3", "log.every=1",
         "checkpoint.every=20", "eval.every=0", f"eval.retrieval={demo / 'retrieval'}",
-        f"eval.zeroshot={demo / 'zeroshot'}", "eval.batch_size=64", *extra])
+        f"eval.zeroshot={demo / 'zeroshot'}", "eval.compositional=", "eval.batch_size=64", *extra])
 
 
 def _losses(run):

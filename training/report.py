@@ -24,6 +24,7 @@ HEADLINE = [
     ("zeroshot", "acc5", "zero-shot acc5"),
 ]
 
+WINOGROUND_ROWS = (("text_acc", "text"), ("image_acc", "image"), ("acc", "group"))  # Thrush et al. 2022's scores
 PARTS = ("loss_pure", "loss_itm", "loss_rerank", "loss_zorro")
 
 
@@ -71,7 +72,7 @@ def compositional_rows(comp: dict, extra_column: bool) -> list[str]:
     lines, one_image = [], sum(c != "mean" and "text_acc" not in m for c, m in pure.items())
     for category, m in pure.items():
         two_images = "text_acc" in m  # Winoground-style: the text, image and group scores
-        for key, name in (("text_acc", "text"), ("image_acc", "image"), ("acc", "group")) if two_images else (("acc", ""),):
+        for key, name in WINOGROUND_ROWS if two_images else (("acc", ""),):
             label = f"{category} {name}".strip() if category != "mean" else f"mean of {one_image} categories"
             cell = f" {_with_stderr(itm[category], key)} |" if itm else (" |" if extra_column else "")
             chance = comp["chance"][category][key]
