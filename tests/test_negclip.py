@@ -326,3 +326,28 @@ def test_negclip_config_trains_through_gradcache(small_demo, tmp_path):
     losses = _losses(tmp_path / "run")
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert (tmp_path / "run" / "final" / "open_clip_model.safetensors").is_file()
+
+
+def test_rule_negatives_of_scene_captions_are_false_of_their_scene():
+    """The oracle of the demo's scenes decides the rules' negatives: a relation is replaced by its converse only
+    (any other, "above" for "to the left of", is true of a diagonal pair), swaps are false by construction; a
+    replaced object may name the scene's third object (rarely true)."""
+    import numpy as np
+
+    from data_prep import scenes
+    vocabulary = VOCABULARY.found_in(["a small large red blue green orange purple yellow black white circle square "
+                                      "triangle star cross diamond ring hexagon to the left of to the right of "
+                                      "above below"])
+    counts, true = {}, {}
+    for i in range(300):
+        rng = np.random.default_rng([0, 3, i])
+        scene = scenes.sample_scene(rng)
+        caption = scenes.describe(scene, rng, omit=0.25, also=0.5).text()
+        for n in candidates(caption, vocabulary):
+            counts[n.rule] = counts.get(n.rule, 0) + 1
+            true[n.rule] = true.get(n.rule, 0) + scenes.holds(n.text, scene)
+    assert set(counts) == set(RULES)
+    assert all(true[r] == 0 for r in ("swap_att", "swap_obj", "replace_att", "replace_rel")), true
+    assert true["replace_obj"] <= 0.01 * counts["replace_obj"]
+    assert [n.text for n in candidates("a cat above a dog") if n.rule == "replace_rel"] == ["a cat below a dog"]
+    assert {n.text for n in candidates("a man holding a dog") if n.rule == "replace_rel"} >= {"a man riding a dog"}

@@ -10,7 +10,8 @@ SugarCrepe's names (Hsieh et al. 2023):
     swap_obj     exchange the two noun phrases around an asymmetric relation ("X left of Y" → "Y left of X")
     replace_att  an attribute → another of its kind from the vocabulary
     replace_obj  an object → another object from the vocabulary
-    replace_rel  an asymmetric relation → another one from the vocabulary
+    replace_rel  an asymmetric relation → its converse ("left of" → "right of", never "above": both can hold);
+                 one without a converse ("holding") → another from the vocabulary
 
 Only words the vocabulary knows are edited: "corner" in "in the top left corner" is not an object, so no
 rule moves it. An article before an edited word follows it ("a red" → "an orange"), so no negative is told
@@ -45,6 +46,10 @@ _OBJECTS = (
 _ASYMMETRIC = ("to the left of", "to the right of", "above", "below", "on top of", "under", "behind",
                "in front of", "inside", "on", "holding", "riding", "carrying")
 _SYMMETRIC = ("next to", "near", "beside", "with", "and")  # found, so that no noun phrase runs across them
+# A relation with a converse is replaced by it alone: "X left of Y" makes "X right of Y" false, whereas "X above Y"
+# can be true as well (a diagonal pair) — on the demo's scenes 17 % of any-relation replacements were true captions.
+_CONVERSES = {"to the left of": "to the right of", "above": "below", "on top of": "under", "in front of": "behind"}
+_CONVERSES.update({b: a for a, b in list(_CONVERSES.items())})
 _DETERMINERS = frozenset({"a", "an", "the", "one", "two", "three", "four", "five", "some", "this", "that",
                           "his", "her", "their", "its", "another"})
 _PUNCTUATION = ",.;:!?\"')"
@@ -198,7 +203,8 @@ def candidates(caption: str, vocabulary: Vocabulary = VOCABULARY) -> list[Negati
         if [_core(t) for t in x] != [_core(t) for t in y] and all(t == t.rstrip(_PUNCTUATION) for t in x + y[:-1]):
             edits.append(("swap_obj", (Edit(left.start, right.head + 1, (*y, *tokens[start:end], *x)),)))
         relation = " ".join(cores[start:end])
-        for new in vocabulary.relations:
+        converse = _CONVERSES.get(relation)
+        for new in [converse] if converse in vocabulary.relations else [] if converse else vocabulary.relations:
             if new != relation:
                 edits.append(("replace_rel", (Edit(start, end, tuple(new.split())),)))
     out, seen = [], {caption}
