@@ -10,7 +10,8 @@ OUT/manifest.json              the seed, options and counts of every split
 ```
 
 With ``scene_share`` > 0 that fraction of the training images are scenes of two or three objects with
-captions of the scene grammar (``scenes.py``); their key.json holds ``{"id", "scene": <scene graph>}``.
+captions of the scene grammar (``scenes.py``); their key.json holds ``{"id", "scene": <scene graph>, "negatives":
+[hard-negative captions checked false by the oracle]}`` (NegCLIP's ``data.negatives=shards``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _train_sample(args) -> dict:
     if scene:
         s = scenes.make_scene_sample(seed, TRAIN_SCENES, i, n_captions)
         return {"__key__": f"{i:08d}", "jpg": s["jpg"], "txt": "\n".join(s["captions"]),
-                "json": json.dumps({"id": i, "scene": s["scene"]})}
+                "json": json.dumps({"id": i, "scene": s["scene"], "negatives": s["negatives"]})}
     s = shapes.make_sample(seed, TRAIN, i, n_captions)
     return {"__key__": f"{i:08d}", "jpg": s["jpg"], "txt": "\n".join(s["captions"]),
             "json": json.dumps({"id": i, **s["scene"]})}

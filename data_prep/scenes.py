@@ -18,6 +18,7 @@ as in ``shapes.py``.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 from dataclasses import dataclass, replace
@@ -213,9 +214,40 @@ def render(scene: Scene, rng: np.random.Generator, side: int = 64, supersample: 
     return img.resize((side, side), Image.Resampling.LANCZOS)
 
 
+# The grammar's words: the rule-based perturber's vocabulary for the scenes' negatives.
+GRAMMAR = " ".join([*SIZES, *COLOURS, *SHAPES, *RELATIONS])
+
+
+@functools.cache
+def _grammar_vocabulary():
+    from mmcontrast.data.negatives import VOCABULARY
+    return VOCABULARY.found_in([GRAMMAR])
+
+
+def hard_negatives(captions: list[str], scene: Scene, rng: np.random.Generator, per_caption: int = 2) -> list[str]:
+    """NegCLIP's hard negatives for a training scene: the rule-based perturber's edits of each caption
+    (``mmcontrast.data.negatives``: swapped attributes, swapped sides, a replaced attribute, object or relation),
+    kept only when the oracle finds them false of the scene, up to `per_caption` per caption, each from a
+    different rule. Real captions have no scene graph to check against; these do, so none is a true caption."""
+    from mmcontrast.data.negatives import candidates
+    vocabulary = _grammar_vocabulary()
+    out: list[str] = []
+    for caption in captions:
+        by_rule: dict[str, list[str]] = {}
+        for n in candidates(caption, vocabulary):
+            if n.text not in captions and n.text not in out and not holds(n.text, scene):
+                by_rule.setdefault(n.rule, []).append(n.text)
+        rules = sorted(by_rule)
+        for r in rng.permutation(len(rules))[:per_caption]:
+            pool = by_rule[rules[int(r)]]
+            out.append(pool[int(rng.integers(len(pool)))])
+    return out
+
+
 def make_scene_sample(seed: int, stream: int, index: int, n_captions: int, side: int = 64) -> dict:
     """A training sample, a pure function of (seed, stream, index): JPEG bytes, `n_captions` distinct true
-    captions of the grammar (some attributes left out, sometimes the third object), and the scene graph."""
+    captions of the grammar (some attributes left out, sometimes the third object), the scene graph, and
+    oracle-checked hard-negative captions (``hard_negatives``)."""
     rng = np.random.default_rng([seed, stream, index])
     scene = sample_scene(rng)
     captions: list[str] = []
@@ -225,4 +257,5 @@ def make_scene_sample(seed: int, stream: int, index: int, n_captions: int, side:
             captions.append(text)
     buf = io.BytesIO()
     render(scene, rng, side=side).save(buf, format="JPEG", quality=92)
-    return {"jpg": buf.getvalue(), "captions": captions, "scene": scene.graph()}
+    negatives = hard_negatives(captions, scene, np.random.default_rng([seed, stream, index, 1]))
+    return {"jpg": buf.getvalue(), "captions": captions, "scene": scene.graph(), "negatives": negatives}

@@ -227,6 +227,9 @@ def test_demo_without_scenes_is_unchanged_and_scene_share_adds_scenes(tmp_path):
             n_scenes += 1
             captions = sample["txt"].decode().split("\n")
             assert len(set(captions)) == 5 and all(holds(c, meta["scene"]) for c in captions)
+            negatives = meta["negatives"]  # NegCLIP's data.negatives=shards: oracle-checked, never a caption
+            assert 5 <= len(negatives) == len(set(negatives)) and not set(negatives) & set(captions)
+            assert not any(holds(n, meta["scene"]) for n in negatives)
         else:
             assert sample == plain[key]      # the other images are the ones the plain build has
     assert n_scenes == 75
