@@ -64,6 +64,24 @@ def test_cosine_momentum_schedule():
     assert objective.current_momentum() == pytest.approx(1.0)
 
 
+def test_warmup_momentum_schedule_tracks_the_student_early_then_holds_m0():
+    """m_t = min(m₀, (1 + t)/(10 + t)): 0.1 at the first step, m₀ = 0.995 from t = 1,791 on."""
+    objective = _objective(_model(), momentum=0.995, momentum_schedule="warmup")
+    for t, m in [(0, 0.1), (90, 0.91), (420, 421 / 430), (1790, 1791 / 1800), (1791, 0.995), (10**5, 0.995)]:
+        objective.step.fill_(t)
+        assert objective.current_momentum() == pytest.approx(m, rel=1e-12), t
+
+
+def test_warmup_momentum_is_used_by_the_ema_update():
+    model = _model()
+    objective = _objective(model, momentum=0.995, momentum_schedule="warmup")
+    start = [p.clone() for p in objective.teacher.parameters()]
+    _perturb(model)
+    objective.after_step(model)  # t = 0: m = 0.1, the teacher moves 90% of the way to the student
+    for t, p, t0 in zip(objective.teacher.parameters(), model.parameters(), start):
+        torch.testing.assert_close(t, p + 0.1 * (t0 - p), atol=1e-6, rtol=1e-5)
+
+
 def test_queue_is_fifo_and_wraps_around():
     objective = _objective(_model(), queue_size=5)
     rows = [torch.full((3, 128), float(i)) for i in range(3)]  # batches of 3 into a queue of 5: no divisibility

@@ -15,6 +15,11 @@ facebookresearch/moco) and ALBEF's image–text contrastive loss with momentum d
   size: the pointer wraps around, no divisibility needed), with their sample ids, so captions of one
   image are never each other's negatives. Only filled slots are used: no random-noise negatives.
 - ``momentum_schedule="cosine"``: m_t = 1 − (1 − m₀)(cos(πt/T) + 1)/2 (MoCo v3), m → 1 at the end.
+- ``momentum_schedule="warmup"``: m_t = min(m₀, (1 + t)/(10 + t)) (the ``num_updates`` rule of TensorFlow's
+  ``ExponentialMovingAverage``): the teacher averages over ≈ the last tenth of the steps so far until that
+  reaches 1/(1 − m₀) steps (t ≈ 1,800 at 0.995). A constant m₀ = 0.995 averages over the last 200 steps from
+  the start, so in a run of a few hundred steps the teacher — and with it every key — stays near the random
+  initialisation for most of the run.
 - α ramps linearly from 0 over ``alpha_ramp_steps`` (ALBEF ramps it over the first epoch).
 - The teacher runs in eval mode (no dropout or patch dropout: stable targets), holds no gradient,
   and is identical on every rank (a copy of the identically initialised model). The EMA update and
@@ -38,6 +43,7 @@ from .base import Objective
 from .pairs import at_least_fp32, batch_ids
 
 NO_ID = -1  # queue slots of samples without an id never match an anchor
+SCHEDULES = ("constant", "cosine", "warmup")
 
 
 class MomentumDistillation(Objective):
@@ -52,8 +58,8 @@ class MomentumDistillation(Objective):
         super().__init__()
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if momentum_schedule not in ("constant", "cosine"):
-            raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
+        if momentum_schedule not in SCHEDULES:
+            raise ValueError(f"momentum_schedule must be one of {SCHEDULES}, got {momentum_schedule!r}")
         if not (local_loss and gather_with_grad):
             raise ValueError("the momentum objective scores each rank's queries against every rank's keys; "
                              "local_loss=True and gather_with_grad=True are required")
@@ -87,9 +93,12 @@ class MomentumDistillation(Objective):
         return self
 
     def current_momentum(self) -> float:
+        t = self.step.item()
         if self.schedule == "constant":
             return self.m0
-        return 1 - (1 - self.m0) * (math.cos(math.pi * self.step.item() / self.total_steps) + 1) / 2
+        if self.schedule == "warmup":
+            return min(self.m0, (1 + t) / (10 + t))
+        return 1 - (1 - self.m0) * (math.cos(math.pi * t / self.total_steps) + 1) / 2
 
     def current_alpha(self) -> float:
         if self.alpha_ramp_steps <= 0:
