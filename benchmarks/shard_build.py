@@ -111,7 +111,7 @@ def train_wait(shards: Path, steps: int, skip: int = 20) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "training", "--config", "training/configs/tiny.yaml", "--output", tmp,
                f"data.train={shards}", f"schedule.steps={steps}", "schedule.warmup=10", "checkpoint.every=0",
-               "eval.retrieval=", "eval.zeroshot=", "log.every=10"]
+               "eval.retrieval=", "eval.zeroshot=", "eval.compositional=", "log.every=10"]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         recs = [r for r in map(json.loads, (Path(tmp) / "metrics.jsonl").read_text().splitlines())
                 if "data_wait" in r and r["step"] > skip]

@@ -68,7 +68,7 @@ def ours_command(cfg_file: Path, pattern: str, out: Path, args, precision: str, 
     return [sys.executable, "-m", "training", "--config", "training/configs/tiny.yaml", "--output", str(out),
             f"model.name={cfg_file}", f"data.train={pattern}", f"data.batch_size={args.batch}",
             f"schedule.steps={args.steps}", "schedule.warmup=10", "optim.lr=1e-3", "optim.weight_decay=0.1",
-            "optim.grad_clip=1.0", "log.every=10", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=",
+            "optim.grad_clip=1.0", "log.every=10", "checkpoint.every=0", "eval.retrieval=", "eval.zeroshot=", "eval.compositional=",
             f"precision={precision}", *extra]
 
 
