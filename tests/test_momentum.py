@@ -35,7 +35,7 @@ def _perturb(model, seed=1):
 @pytest.mark.parametrize("m", [0.0, 1.0])
 def test_momentum_0_copies_and_1_keeps(m):
     model = _model()
-    objective = _objective(model, momentum=m)
+    objective = _objective(model, momentum=m, momentum_schedule="constant")
     before = [p.clone() for p in objective.teacher.parameters()]
     _perturb(model)
     objective.after_step(model)
@@ -46,7 +46,7 @@ def test_momentum_0_copies_and_1_keeps(m):
 def test_ema_closed_form():
     """Constant online θ: θ_k⁽ⁿ⁾ = θ + mⁿ(θ_k⁽⁰⁾ − θ)."""
     model, m, n = _model(), 0.9, 5
-    objective = _objective(model, momentum=m)
+    objective = _objective(model, momentum=m, momentum_schedule="constant")
     start = [p.clone() for p in objective.teacher.parameters()]
     _perturb(model)
     for _ in range(n):

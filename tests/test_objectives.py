@@ -159,10 +159,31 @@ def test_hcl_clamp_engages_when_the_positive_dominates():
     n = 6
     e = torch.eye(n, dtype=torch.float64)  # positives at cos 1, negatives at cos 0
     s = torch.tensor(1 / 0.05, dtype=torch.float64)  # a small temperature
-    loss = DebiasedLoss(tau_plus=0.1)(e, e, s)["loss"]
+    out = DebiasedLoss(tau_plus=0.1)(e, e, s)
     floor = (n - 1) * torch.exp(-s)
     expected = torch.log(torch.exp(s) + floor) - s
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-12)
+    assert out["clamped"].item() == 1.0  # every anchor at the floor: the diagnostic says so
+
+
+def test_debiased_clamped_counts_the_anchors_at_the_floor():
+    """An anchor is at the floor iff e^{ℓ₊} ≥ mean e^{ℓ_neg}/τ⁺ (Chuang et al. 2020's N_g ≤ n·e^{−s}, up to
+    the floor itself): with τ⁺ = 0 no anchor is; at τ⁺ = 0.1 exactly the rows whose positive leads by log 10."""
+    u, v = _features()
+    logits = S * u @ v.T
+    assert DebiasedLoss(tau_plus=0.0)(u, v, S)["clamped"].item() == 0.0
+    n = logits.shape[0]
+    negatives = ~torch.eye(n, dtype=torch.bool)
+
+    def share(lg):
+        mean_neg = lg.exp().masked_fill(~negatives, 0).sum(1) / (n - 1)
+        debiased = (mean_neg - 0.1 * lg.diagonal().exp()) / 0.9
+        return (debiased <= torch.exp(-S)).double().mean()
+
+    expected = (share(logits) + share(logits.T)) / 2
+    got = DebiasedLoss(tau_plus=0.1)(u, v, S)["clamped"]
+    assert 0 < got.item() < 1  # the fixture has rows of both kinds, so the test can fail
+    assert got.item() == pytest.approx(expected.item(), abs=1e-12)
 
 
 def test_hcl_is_finite_at_scale_100():

@@ -31,6 +31,10 @@ class ModelConfig:
     lock_text: bool = False         # freeze the text tower
     lock_text_unlocked_layers: int = 0    # ...except its last N layers
     patch_dropout: float = 0.0      # FLIP: fraction of image patches dropped in training, none at eval
+    init_logit_scale: float = 0.0   # s₀, the logit scale at the start (not its log); 0: the preset's
+                                    # (1/0.07 for CLIP, 10 for SigLIP presets)
+    init_logit_bias: float = 0.0    # b₀, SigLIP's logit bias at the start; any other value than 0 gives the
+                                    # model a learnable bias (SigLIP from any preset); 0: the preset's
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     vision: dict = field(default_factory=dict)  # image tower changes, e.g. {timm_model_name: convnext_atto}
     text: dict = field(default_factory=dict)    # text tower changes, e.g. {hf_model_name: /path/to/encoder}
@@ -102,9 +106,9 @@ class OptimConfig:
     beta2: float = 0.98             # AdamW's β2 (0.98 as in CLIP: steadier than 0.999 at large batches)
     eps: float = 1e-6               # AdamW's ε
     grad_clip: float = 1.0          # max global grad norm; 0 disables
-    logit_lr_mult: float = 1.0      # lr multiple for logit_scale and SigLIP's logit_bias: Adam moves a scalar
-                                    # ≤ lr a step, ≈ lr·steps/2 in a run (0.21 for the demo), too little
-                                    # for SigLIP's b in short runs (siglip.yaml: 50)
+    logit_bias_lr_mult: float = 1.0  # lr multiple for SigLIP's logit_bias: Adam moves a scalar ≤ lr a step,
+                                    # ≈ lr·steps/2 in a run (0.21 for the demo), too little for b to follow
+                                    # the logits in a short run (siglip.yaml: 100)
 
 
 @dataclass

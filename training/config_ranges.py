@@ -51,7 +51,7 @@ FRACTION = Range(0, 1, hi_open=True)  # a share of something that must keep some
 # Every numeric key and what it allows (a list's items each); tests/test_config_ranges.py checks none is missing.
 RANGES: dict[str, Range] = {
     "model.lock_image_unlocked_groups": AT_LEAST_0, "model.lock_text_unlocked_layers": AT_LEAST_0,
-    "model.patch_dropout": FRACTION,
+    "model.patch_dropout": FRACTION, "model.init_logit_scale": Range(0, 100), "model.init_logit_bias": Range(-100, 100),
     "data.weights": AT_LEAST_0, "data.epoch_samples": AT_LEAST_0, "data.batch_size": AT_LEAST_1,
     "data.workers": AT_LEAST_0, "data.shuffle_buffer": AT_LEAST_0, "data.crop_scale": Range(0, 1, lo_open=True),
     "data.max_bad_fraction": Range(0, 1), "data.max_image_pixels": AT_LEAST_1, "data.max_caption_bytes": AT_LEAST_1,
@@ -62,7 +62,7 @@ RANGES: dict[str, Range] = {
     "objective.fusion.zorro_temperature": POSITIVE,
     "train.chunk_size": AT_LEAST_0,
     "optim.lr": POSITIVE, "optim.weight_decay": AT_LEAST_0, "optim.beta1": FRACTION, "optim.beta2": FRACTION,
-    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0, "optim.logit_lr_mult": POSITIVE,
+    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0, "optim.logit_bias_lr_mult": POSITIVE,
     "schedule.steps": AT_LEAST_1, "schedule.warmup": AT_LEAST_0,
     "checkpoint.every": AT_LEAST_0, "checkpoint.keep": AT_LEAST_0,
     "eval.every": AT_LEAST_0, "eval.rerank_k": AT_LEAST_0, "eval.batch_size": AT_LEAST_1,

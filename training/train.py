@@ -31,7 +31,7 @@ from mmcontrast.objectives import FusionTerms, ModelAndObjective, Objective, Wit
 from mmcontrast.transforms import Uint8Normalize, make_uint8_train_transform, simclr_view_transform
 
 from .checkpoint import last_complete, load_checkpoint, resume_checkpoint, save_checkpoint
-from .config import FusionObjectiveConfig, TrainConfig, save_config, to_dict, validate
+from .config import FusionObjectiveConfig, ModelConfig, TrainConfig, save_config, to_dict, validate
 from .config_ranges import shown_text, shown_value
 from .evaluate import evaluate
 from .log import Logger, Meter, memory_hint
@@ -88,7 +88,7 @@ def build(cfg: TrainConfig):
     try:
         fusion = {"fusion": cfg.model.fusion} if cfg.model.fusion else {}
         model = mc.create_model(cfg.model.name, seed=cfg.seed, patch_dropout=cfg.model.patch_dropout,
-                                vision=cfg.model.vision, text=cfg.model.text, **fusion)
+                                vision=cfg.model.vision, text=cfg.model.text, **fusion, **logit_init(cfg.model))
     except (ValueError, TypeError, RuntimeError) as e:  # open_clip/timm reject a bad tower setting
         raise UserError(f"model {shown_value(cfg.model.name)} with vision={shown_value(cfg.model.vision)} "
                         f"text={shown_value(cfg.model.text)}: {shown_text(str(e))}") from None
@@ -97,6 +97,9 @@ def build(cfg: TrainConfig):
             raise UserError(f"model.pretrained file not found: {cfg.model.pretrained}")
         load_weights(model, cfg.model.pretrained)
     elif is_model_dir(cfg.model.name):  # fine-tuning: start from the directory's weights
+        if logit_init(cfg.model):
+            raise UserError(f"model.init_logit_scale/init_logit_bias start a new model; {cfg.model.name} is a model "
+                            f"directory whose weights hold its own: leave them at 0")
         if cfg.model.vision or cfg.model.text:
             raise UserError(f"model.vision/model.text change the towers of {cfg.model.name}, whose weights "
                             f"would then not fit; set model.pretrained to start from other weights")
@@ -116,6 +119,16 @@ def build(cfg: TrainConfig):
     optimizer = make_optimizer(model, cfg.optim, objective)
     scheduler = make_scheduler(optimizer, cfg.schedule)
     return model, tokenizer, train_transform, optimizer, scheduler, objective
+
+
+def logit_init(model_cfg: ModelConfig) -> dict:
+    """open_clip's ``init_logit_scale`` (log s₀) and ``init_logit_bias`` from the model keys; 0 leaves the preset's."""
+    out = {}
+    if model_cfg.init_logit_scale:
+        out["init_logit_scale"] = math.log(model_cfg.init_logit_scale)
+    if model_cfg.init_logit_bias:
+        out["init_logit_bias"] = model_cfg.init_logit_bias
+    return out
 
 
 def build_objective(cfg: TrainConfig, model: torch.nn.Module) -> Objective:

@@ -12,7 +12,8 @@ sample ids: no candidate with the anchor's id); ℓ₊ is the anchor's own pair.
 - ``HardNegativeHCL`` — Robinson et al. 2021, "Contrastive Learning with Hard Negative Samples"
   (code joshr17/HCL): importance weights e^{βℓ}, a debiasing term τ⁺ and the clamp at n·e^{−s}
   (the smallest value of Σ e^{ℓ} for cosines ≥ −1). β = 0 is the debiased loss of Chuang et al.
-  2020 ("Debiased Contrastive Learning"); τ⁺ = 0, β = 0 is InfoNCE.
+  2020 ("Debiased Contrastive Learning"); τ⁺ = 0, β = 0 is InfoNCE. ``clamped``: the share of anchors at
+  the floor (no gradient), which a τ⁺ too large for the data drives towards 1.
 - ``DecoupledLoss`` — DCL (Yeh et al. 2022, "Decoupled Contrastive Learning", arXiv 2110.06848):
   L_i = −ℓ₊ + log Σ_{j∈neg} e^{ℓ_ij} = L_InfoNCE + log(1 − p₊). ``weighted=True`` is DCLW: the
   positive term is scaled by w_i = 2 − e^{c_i/σ} / mean_k e^{c_k/σ} (c: positive cosine, σ = 0.5),
@@ -46,15 +47,21 @@ def _masked_lse(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class _BothDirections(PairwiseObjective):
-    def direction(self, logits, labels, positives, scale) -> torch.Tensor:
+    def direction(self, logits, labels, positives, scale) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        """The loss of one direction, or (loss, {name: diagnostic}) — diagnostics are averaged and logged."""
         raise NotImplementedError
 
     def forward(self, image_features, text_features, logit_scale, batch=None, **_) -> dict:
         p: Pairs = self.pairs(image_features, text_features, logit_scale, batch_ids(batch))
         scale = at_least_fp32(logit_scale).detach()
-        i2t = self.direction(p.logits_per_image, p.labels, p.positives, scale)
-        t2i = self.direction(p.logits_per_text, p.labels, p.positives, scale)
-        return {"loss": (i2t + t2i) / 2, "loss_i2t": i2t.detach(), "loss_t2i": t2i.detach()}
+        i2t, i2t_parts = _with_parts(self.direction(p.logits_per_image, p.labels, p.positives, scale))
+        t2i, t2i_parts = _with_parts(self.direction(p.logits_per_text, p.labels, p.positives, scale))
+        parts = {k: (i2t_parts[k] + t2i_parts[k]) / 2 for k in i2t_parts}
+        return {"loss": (i2t + t2i) / 2, "loss_i2t": i2t.detach(), "loss_t2i": t2i.detach(), **parts}
+
+
+def _with_parts(result) -> tuple[torch.Tensor, dict]:
+    return result if isinstance(result, tuple) else (result, {})
 
 
 class HardNegativeNCE(_BothDirections):
@@ -97,13 +104,24 @@ class HardNegativeHCL(_BothDirections):
         debiased = (-self.tau_plus * n_neg * positive + log_reweight.exp()) / (1 - self.tau_plus)
         floor = n_neg * (-scale - m).exp()
         negatives_term = torch.maximum(debiased, floor)
-        return ((positive + negatives_term).log() - (own - m)).mean()
+        # An anchor at the floor has no gradient from its negatives, and almost none from its positive: it
+        # stops learning once e^{ℓ₊} ≳ mean e^{ℓ_neg}/τ⁺. The share of such anchors is logged as "clamped".
+        clamped = (debiased <= floor).to(logits.dtype).mean().detach()
+        return ((positive + negatives_term).log() - (own - m)).mean(), {"clamped": clamped}
 
 
 class DebiasedLoss(HardNegativeHCL):
-    """Chuang et al. 2020: HCL without importance weights (β = 0), τ⁺ = 0.1."""
+    """Chuang et al. 2020: HCL without importance weights (β = 0).
 
-    def __init__(self, tau_plus: float = 0.1, local_loss: bool = True, gather_with_grad: bool = True):
+    τ⁺ is the chance that another sample is in fact a positive of the anchor. The paper's 0.1 is CIFAR-10's
+    (10 balanced classes); between captioned images it is far smaller (the demo's: 0.0021,
+    ``benchmarks/demo_ambiguity.py``). Too large a τ⁺ stops learning: once e^{ℓ₊} ≥ mean e^{ℓ_neg}/τ⁺ the
+    debiased negative sum is at its floor and the anchor has no gradient. At τ⁺ = 0.1 and a batch of 128 that
+    is an anchor whose own pair holds 7% of its softmax (an InfoNCE loss of 2.6), reached early in a run
+    (logged as ``clamped``). Hence 0.01 here (100× the mean negative, 44%); τ⁺ → 0 is InfoNCE.
+    """
+
+    def __init__(self, tau_plus: float = 0.01, local_loss: bool = True, gather_with_grad: bool = True):
         super().__init__(tau_plus=tau_plus, beta=0.0, local_loss=local_loss, gather_with_grad=gather_with_grad)
 
 
