@@ -106,9 +106,6 @@ class OptimConfig:
     beta2: float = 0.98             # AdamW's β2 (0.98 as in CLIP: steadier than 0.999 at large batches)
     eps: float = 1e-6               # AdamW's ε
     grad_clip: float = 1.0          # max global grad norm; 0 disables
-    logit_bias_lr_mult: float = 1.0  # lr multiple for SigLIP's logit_bias: Adam moves a scalar ≤ lr a step,
-                                    # ≈ lr·steps/2 in a run (0.21 for the demo), too little for b to follow
-                                    # the logits in a short run (siglip.yaml: 100)
 
 
 @dataclass

@@ -62,7 +62,7 @@ RANGES: dict[str, Range] = {
     "objective.fusion.zorro_temperature": POSITIVE,
     "train.chunk_size": AT_LEAST_0,
     "optim.lr": POSITIVE, "optim.weight_decay": AT_LEAST_0, "optim.beta1": FRACTION, "optim.beta2": FRACTION,
-    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0, "optim.logit_bias_lr_mult": POSITIVE,
+    "optim.eps": POSITIVE, "optim.grad_clip": AT_LEAST_0,
     "schedule.steps": AT_LEAST_1, "schedule.warmup": AT_LEAST_0,
     "checkpoint.every": AT_LEAST_0, "checkpoint.keep": AT_LEAST_0,
     "eval.every": AT_LEAST_0, "eval.rerank_k": AT_LEAST_0, "eval.batch_size": AT_LEAST_1,
