@@ -120,6 +120,6 @@ def test_the_demo_cli_builds_the_compositional_set_by_default(monkeypatch, tmp_p
 
     monkeypatch.setattr(demo, "build_demo", fake_build)
     main(["demo", "--out", str(tmp_path)])
-    assert seen["scene_share"] == demo.DEMO_SCENE_SHARE == 0.25
+    assert seen["scene_share"] == demo.DEMO_SCENE_SHARE == 0.0
     assert seen["compositional_size"] == demo.DEMO_COMPOSITIONAL_SIZE == 500
     assert load_config("training/configs/tiny.yaml").eval.compositional == "data/demo/compositional"
