@@ -109,6 +109,10 @@ def scorers(results: dict) -> dict:
     return out
 
 
+def minutes(value: float) -> str:
+    return "not recorded" if value != value else f"{value:.1f} min"  # runs made outside this script: no wall time
+
+
 def table(results: dict, facts: dict) -> str:
     columns = scorers(results)
     pairs = [(a, b) for a, b in (("negclip", "clip"), ("fusion ITM", "fusion")) if a in columns and b in columns]
@@ -127,7 +131,7 @@ def table(results: dict, facts: dict) -> str:
         rr = f["eval"].get("retrieval_reranked")
         reranked = f"{100 * rr['text_retrieval_recall@1']:.2f} / {100 * rr['image_retrieval_recall@1']:.2f}" if rr else ""
         lines.append(f"| {name} | {100 * r['text_retrieval_recall@1']:.2f} | {100 * r['image_retrieval_recall@1']:.2f} | "
-                     f"{100 * z['acc1']:.2f} | {reranked} | {f['train_minutes']:.1f} min |")
+                     f"{100 * z['acc1']:.2f} | {reranked} | {minutes(f['train_minutes'])} |")
     return "\n".join(lines) + "\n"
 
 
