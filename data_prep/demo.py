@@ -33,8 +33,8 @@ TRAIN, RETRIEVAL, ZEROSHOT, TRAIN_SCENES = 0, 1, 2, 3  # generator streams: the 
 # What `python -m data_prep demo` (and so `make demo`) builds by default: no scenes in the training set, and a
 # compositional set of 500 items per category (3,500 + 500 Winoground groups: ±2.2 points of standard error at
 # 50 %). Scenes cost the demo's 420-step run more than they give it (README "Compositional understanding"):
-# a share of 0.1 lowered held-out image→text R@1 from 12.3 to 10.3 and zero-shot acc1 from 45.0 to 35.6, 0.25 to
-# 5.2 and 27.7, while swap_att, swap_obj and replace_rel stayed at chance; `--scene-share` adds them.
+# a share of 0.1 lowered held-out image→text R@1 from 13.0 to 10.3 and zero-shot acc1 from 44.6 to 35.6, 0.25 to
+# 5.2 and 27.7 (one machine), while swap_att, swap_obj and replace_rel stayed at chance; `--scene-share` adds them.
 # build_demo's own defaults stay 0: a call without them builds what it built before these existed.
 DEMO_SCENE_SHARE = 0.0
 DEMO_COMPOSITIONAL_SIZE = 500
