@@ -292,6 +292,7 @@ def test_trainer_with_gradcache_equals_plain_steps(small_demo, tmp_path):
     """Two optimizer steps on one loader batch, in chunks of 3 of its 8 samples and whole: the same weights."""
     from training.train import setup, train_step
 
+    from .test_gradcache import assert_same_final
     from .test_train import _cfg
     finals = []
     for chunk in (0, 3):
@@ -304,10 +305,7 @@ def test_trainer_with_gradcache_equals_plain_steps(small_demo, tmp_path):
             losses, _, stepped, _ = train_step(t, batch, stop_requested=False)
             assert stepped
         finals.append((losses["loss"], t.unwrapped.state_dict()))
-    (loss, plain), (cached_loss, cached) = finals
-    torch.testing.assert_close(cached_loss, loss, atol=1e-5, rtol=0)
-    for k in plain:
-        torch.testing.assert_close(cached[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert_same_final(finals)
 
 
 def test_negclip_config_trains_through_gradcache(small_demo, tmp_path):
