@@ -125,8 +125,9 @@ def _descendants(pid: int) -> list[int]:
 def test_sigterm_to_every_process_of_a_two_process_launch_with_a_data_worker_ends_in_a_checkpoint(small_demo,
                                                                                                   tmp_path):
     """As a scheduler stops a job: SIGTERM to the launcher, both ranks and their data workers at once. The ranks
-    agree on a step, write its checkpoint and exit with status 1, without a traceback; the only one printed is
-    the launcher's own (torch.distributed.elastic raises SignalException), outside this program."""
+    agree on a step, write its checkpoint and exit with status 1, without a traceback. The launcher's own exit is
+    accelerate's: from accelerate 1.16 it turns torch elastic's SignalException into status 128 + 15 = 143 with no
+    traceback; before, the exception's traceback and status 1 came through."""
     run = tmp_path / "run"
     cmd = _command(small_demo, run, 2, "data.workers=1", "schedule.steps=1000", "checkpoint.every=0")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -142,7 +143,7 @@ def test_sigterm_to_every_process_of_a_two_process_launch_with_a_data_worker_end
     for pid in everyone:
         os.kill(pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 1, err[-3000:]
+    assert proc.returncode in (1, 143), err[-3000:]
     saved = sorted((run / "checkpoints").iterdir())
     assert len(saved) == 1, saved
     state = json.loads((saved[0] / "state.json").read_text())
@@ -151,4 +152,5 @@ def test_sigterm_to_every_process_of_a_two_process_launch_with_a_data_worker_end
     assert {r["world_size"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())} == {2}
     assert not [line for line in err.splitlines() if line.startswith("[rank")], err[-3000:]  # a rank's traceback
     assert "DataLoader worker" not in err
-    assert err.count("Traceback") == 1 and f"SignalException: Process {proc.pid} got signal: 15" in err, err[-3000:]
+    launcher_traceback = f"SignalException: Process {proc.pid} got signal: 15" in err
+    assert err.count("Traceback") == (proc.returncode == 1) == launcher_traceback, err[-3000:]
