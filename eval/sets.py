@@ -102,6 +102,29 @@ class WdsImages:
         return [len(self.keys)] + [[s, Path(s).stat().st_size] for s in self.shards]
 
 
+class RecordImages:
+    """Images decoded one at a time from records of a binary file (CIFAR, IDX, STL-10, SVHN, ...).
+
+    ``get(i)`` returns image ``i`` as RGB; it must read only that record (a memory map or a seek), so a
+    set is never held in memory whole. ``identity`` is what the embedding cache keys on (the files and sizes)."""
+
+    def __init__(self, n: int, get, identity: list):
+        self.n, self.get, self.identity = n, get, identity
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image(self, i: int) -> Image.Image:
+        return self.get(i)
+
+    def iter_images(self, indices: Sequence[int]) -> Iterator[tuple[int, Image.Image]]:
+        for i in indices:
+            yield i, self.get(i)
+
+    def fingerprint(self) -> list:
+        return [self.n, *self.identity]
+
+
 @dataclass
 class RetrievalSet:
     """Images with their captions (several per image); every caption is a query with one positive."""
@@ -131,14 +154,16 @@ class RetrievalSet:
 
 @dataclass
 class ClassificationSet:
-    """Images with one label each, plus the class names and prompt templates."""
+    """Images with one label each (or, when ``multilabel``, a list of the classes present), plus the class
+    names and prompt templates."""
     name: str
     source: str
-    images: FileImages | WdsImages
-    labels: list[int]
+    images: FileImages | WdsImages | RecordImages
+    labels: list[int] | list[list[int]]
     classnames: list[str]
     templates: list[str] | dict[str, list[str]]
     ids: list[str] = field(default_factory=list)
+    multilabel: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -178,7 +203,15 @@ def check_classification(ds: ClassificationSet, names_from: str | None = None) -
     if not ds.classnames:
         raise UserError(f"{names_from}: no class names")
     n = len(ds.classnames)
-    bad = [i for i, y in enumerate(ds.labels) if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < n]
+
+    def is_class(y) -> bool:
+        return not isinstance(y, bool) and isinstance(y, int) and 0 <= y < n
+
+    if ds.multilabel:  # each label a non-empty list of distinct class indices
+        bad = [i for i, ys in enumerate(ds.labels)
+               if not isinstance(ys, list) or not ys or len(set(ys)) != len(ys) or not all(map(is_class, ys))]
+    else:
+        bad = [i for i, y in enumerate(ds.labels) if not is_class(y)]
     if bad:
         raise UserError(f"{ds.source}: image {_name(ds, bad[0])} has label {str(ds.labels[bad[0]])[:20]}, not a class "
                         f"index 0–{n - 1} of the {n:,} class names in {names_from} ({len(bad):,} of {len(ds):,} "
