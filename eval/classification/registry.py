@@ -20,7 +20,7 @@ from mmcontrast.errors import UserError
 from ..sets import ClassificationSet
 
 # the modules that register readers; imported on first lookup, so ``--help`` stays fast
-READER_MODULES = ("imagenet", "binary", "folders")
+READER_MODULES = ("imagenet", "cifar", "idx", "records", "folders")
 
 
 @dataclass(frozen=True)
