@@ -187,7 +187,7 @@ def test_fer_other_csvs(data, tmp_path):
 
 
 def _svhn_file(tmp_path, compress=False, **arrays):
-    x = np.zeros((32, 32, 3, 2), np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, 2), dtype=np.uint8)  # compresses to ~6 kB
     scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.array([[1.0], [2.0]]), **arrays},
                      do_compression=compress)
     return tmp_path / "test_32x32.mat"
@@ -197,10 +197,11 @@ def _svhn_file(tmp_path, compress=False, **arrays):
 def test_truncated_mat(tmp_path, compress):
     path = _svhn_file(tmp_path, compress=compress)
     raw = path.read_bytes()
-    path.write_bytes(raw[:len(raw) // 2])
-    with pytest.raises(UserError) as e:
-        records.read_svhn(tmp_path, "test")
-    _one_line(e, str(path), "truncated MAT-file")
+    for end in (100, 140, len(raw) // 2, len(raw) - 1):  # in the header, a tag, X's data, y's data
+        path.write_bytes(raw[:end])
+        with pytest.raises(UserError) as e:
+            records.read_svhn(tmp_path, "test")
+        _one_line(e, str(path), "truncated MAT-file")
 
 
 @pytest.mark.parametrize("x, expected", [(np.zeros((32, 32, 3, 2), np.float32), "single array"),

@@ -193,8 +193,10 @@ def read_mat(path: Path, names: set[str], max_bytes: int = 1 << 33) -> dict[str,
         header = f.read(128)
         if header[:10] == b"MATLAB 7.3" or header[:8] == b"\x89HDF\r\n\x1a\n":
             raise UserError(f"{path} is a MATLAB 7.3 (HDF5) file; save it again with save(..., '-v7')")
+        if len(header) < 128 and header.startswith(b"MATLAB 5.0"):
+            raise UserError(f"{path}: truncated MAT-file: {len(header)} bytes, less than its 128-byte header")
         order = {b"IM": "<", b"MI": ">"}.get(header[126:128])
-        if len(header) < 128 or not header.startswith(b"MATLAB 5.0 MAT-file") or order is None:
+        if not header.startswith(b"MATLAB 5.0 MAT-file") or order is None:
             raise UserError(f"{path} is not a MATLAB 5 MAT-file (its 128-byte header does not start with "
                             "'MATLAB 5.0 MAT-file' and end with the endian mark IM or MI)")
         if struct.unpack(order + "H", header[124:126])[0] != 0x0100:
