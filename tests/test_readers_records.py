@@ -315,3 +315,18 @@ def test_pcam_bad_files(data, tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         records.read_pcam(data["pcam"][0], "test")
     _one_line(e, "pip install h5py")
+
+
+@pytest.mark.parametrize("name, split", [("pcam", "test"), ("svhn", "test"), ("fer2013", "test")])
+def test_records_through_loader_workers(data, name, split):
+    """The encoder's DataLoader workers (forked) read the same pixels: h5py reopens per process, maps are shared."""
+    import torch
+
+    from eval.encode import image_batches
+
+    root, _ = data[name]
+    ds = (read_fer_csv(root / "fer2013" / "fer2013.csv", split) if name == "fer2013" else _read(name, root, split))
+    expected = _pixels(ds)  # opens the files in this process first
+    to_tensor = lambda im: torch.from_numpy(np.asarray(im).copy())  # noqa: E731
+    batches = list(image_batches(ds.images, list(range(len(ds))), to_tensor, batch_size=3, workers=2))
+    np.testing.assert_array_equal(torch.cat(batches).numpy(), expected)

@@ -40,6 +40,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def read_fer_folders(base: Path, split: str) -> ClassificationSet:
     """ImageFolder over ``base/split``: classes in sorted folder order, files sorted within each class."""
     top = base / split
+    if not top.is_dir():
+        raise UserError(f"FER2013 folder not found: {top}")
     found = sorted(e.name for e in os.scandir(top) if e.is_dir())
     if found != FOLDERS:
         raise UserError(f"{top}: class folders {found}; FER2013's are {FOLDERS}")
