@@ -50,7 +50,8 @@ def _int(value, where: str, what: str) -> int:
 def _numbers(mat: dict, name: str, path: Path) -> list[int]:
     array = np.atleast_1d(mat[name])
     if array.ndim != 1 or array.dtype.kind not in "iuf":
-        raise UserError(f"{path}: {name!r} is a {array.dtype} array of shape {array.shape}; expected a vector of numbers")
+        raise UserError(f"{path}: {name!r} is a {array.dtype} array of shape {array.shape}; expected a vector of "
+                        "numbers")
     return [_int(v, f"{path} {name}[{i}]", "value") for i, v in enumerate(array.tolist())]
 
 
@@ -84,13 +85,14 @@ def read_flowers(root: Path, split: str) -> ClassificationSet:
     per_image = _numbers(load_mat(labels_path, ["labels"]), "labels", labels_path)
     bad = [i for i, y in enumerate(per_image) if not 1 <= y <= FLOWERS_CLASSES]
     if bad:
-        raise UserError(f"{labels_path}: image {bad[0] + 1} has label {per_image[bad[0]]}, outside 1..{FLOWERS_CLASSES} "
-                        f"({len(bad):,} such labels)")
+        raise UserError(f"{labels_path}: image {bad[0] + 1} has label {per_image[bad[0]]}, outside "
+                        f"1..{FLOWERS_CLASSES} ({len(bad):,} such labels)")
     key = FLOWERS_SETS[split]
     numbers = _numbers(load_mat(setid_path, [key]), key, setid_path)
     bad = [n for n in numbers if not 1 <= n <= len(per_image)]
     if bad:
-        raise UserError(f"{setid_path}: {key} names image {bad[0]}, but {labels_path} labels images 1..{len(per_image)}")
+        raise UserError(f"{setid_path}: {key} names image {bad[0]}, but {labels_path} labels images "
+                        f"1..{len(per_image)}")
     paths = [images / f"image_{n:05d}.jpg" for n in numbers]
     require_files(paths, str(setid_path))
     return classification_set(setid_path, paths, [per_image[n - 1] - 1 for n in numbers],
