@@ -2,8 +2,11 @@
 
 ``flickr30k`` / ``flickr8k`` / ``mscoco`` with ``--root DIR`` look for, in order, the Karpathy
 split JSON, CLIP_benchmark's files, a BLIP/ALBEF list and a CLIP_benchmark webdataset directory,
-and say which one was used. Explicit forms: ``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``,
-``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR`` (image files under ``--root``).
+and say which one was used. A classification dataset's CLIP_benchmark name (``cifar10``, ``imagenet1k``,
+...; see ``eval.classification``) with ``--root DIR`` reads the layout found there, with CLIP_benchmark's
+class names and templates unless ``--classnames`` / ``--templates`` replace them. Explicit forms:
+``wds:DIR``, ``karpathy:FILE``, ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR``
+(image files under ``--root``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from pathlib import Path
 from mmcontrast.errors import UserError
 
 from . import readers
+from .classification import open_classification
+from .classification.names import apply_overrides
+from .classification.registry import known as known_classification
 from .sets import ClassificationSet, RetrievalSet, check_classification
 
 # name → [(relative path, reader kind)] in the order they are tried
@@ -32,11 +38,18 @@ def _exists(path: Path, kind: str, split: str) -> bool:
     return (path / split / "nshards.txt").is_file() if kind == "wds" else path.is_file()
 
 
-def open_dataset(spec: str, root: str | Path | None = None, split: str = "test",
+def open_dataset(spec: str, root: str | Path | None = None, split: str | None = None,
                  classnames: str | None = None, templates: str | None = None,
                  log=print) -> RetrievalSet | ClassificationSet:
-    """The set named by ``spec``; ``log`` is told which file was used."""
+    """The set named by ``spec``; ``log`` is told which file was used. ``split``: default the dataset's first
+    (a classification dataset's registered splits), else ``test``."""
     kind, _, arg = spec.partition(":")
+    if not arg and kind not in KNOWN and kind in known_classification():
+        if root is None:
+            raise UserError(f"--dataset {spec} needs --root DIR (the folder that holds {spec}'s files)")
+        ds = open_classification(kind, root, split, log=log)
+        return apply_overrides(ds, classnames, templates)
+    split = split or "test"
     if kind in KNOWN and not arg:
         if root is None:
             raise UserError(f"--dataset {spec} needs --root DIR (the folder with the annotations and images)")
@@ -51,8 +64,9 @@ def open_dataset(spec: str, root: str | Path | None = None, split: str = "test",
         raise UserError(f"no {spec} annotations under {root}; looked for: {', '.join(tried)}")
     if kind in ("wds", "karpathy", "coco", "flickr-txt", "blip", "imagefolder") and arg:
         return _read(kind, Path(arg), Path(root) if root else Path(arg).parent, split, classnames, templates)
-    raise UserError(f"unknown dataset {spec!r}: use flickr30k|flickr8k|mscoco with --root, or "
-                    f"wds:DIR, karpathy:FILE, coco:FILE, flickr-txt:FILE, blip:FILE, imagefolder:DIR")
+    named = "|".join([*KNOWN, *sorted(known_classification())])
+    raise UserError(f"unknown dataset {spec!r}: use {named} with --root, or wds:DIR, karpathy:FILE, "
+                    "coco:FILE, flickr-txt:FILE, blip:FILE, imagefolder:DIR")
 
 
 def _read(fmt, path, root, split, classnames, templates, name=None):

@@ -1,11 +1,14 @@
-"""Zero-shot classification on a benchmark set, with metrics as CLIP_benchmark defines them."""
+"""Zero-shot classification on a benchmark set, with metrics as CLIP_benchmark defines them
+(``metrics/zeroshot_classification.py``: ``acc1``, ``acc5``, ``mean_per_class_recall``; for a multi-label set,
+``mean_average_precision`` alone)."""
 
 from __future__ import annotations
 
 import torch
 
 from mmcontrast.errors import UserError
-from mmcontrast.metrics import classification_metrics
+from mmcontrast.metrics.classification import (average_precision_per_class, chance_average_precision,
+                                               classification_metrics)
 from mmcontrast.zeroshot import build_class_weights, class_prompts
 
 from .cache import EmbeddingCache
@@ -17,8 +20,9 @@ def run_zeroshot(model, preprocess, tokenizer, ds: ClassificationSet, batch_size
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None, templates=None,
                  workers: int = 0, cache: EmbeddingCache | None = None, cache_key: str = "",
                  progress: bool = True) -> dict:
-    """{"metrics", "chance", "per_class_recall", "n", "classes", "predictions"}; labels, prompts, image features
-    and class weights are checked first (one line, no metric, when any is unusable)."""
+    """{"metrics", "chance", "per_class_recall", "n", "classes", "predictions"}; a multi-label set gives
+    "per_class_average_precision" instead of "per_class_recall". Labels, prompts, image features and class
+    weights are checked first (one line, no metric, when any is unusable)."""
     device = torch.device(device)
 
     def encode():
@@ -37,11 +41,26 @@ def run_zeroshot(model, preprocess, tokenizer, ds: ClassificationSet, batch_size
     weights = build_class_weights(model, tokenizer, ds.classnames, prompts, device).cpu()  # [D, C]
     check_finite(weights.T, "class weights (from its text features)", "classes")
     logits = 100.0 * image_features @ weights                           # [N, C]
-    target = torch.tensor(ds.labels)
+    scores = multilabel_scores(logits, ds.labels) if ds.multilabel else single_label_scores(logits, ds.labels)
+    return {**scores, "n": len(ds), "classes": len(ds.classnames), "predictions": logits.argmax(dim=1).tolist()}
+
+
+def single_label_scores(logits: torch.Tensor, labels: list[int]) -> dict:
+    n_classes = logits.shape[1]
+    target = torch.tensor(labels)
     pred = logits.argmax(dim=1)
     per_class = [(pred[target == c] == c).float().mean().item() if (target == c).any() else float("nan")
-                 for c in range(len(ds.classnames))]
-    n_classes = len(ds.classnames)
+                 for c in range(n_classes)]
     chance = {"acc1": 1 / n_classes, "acc5": min(1.0, 5 / n_classes), "mean_per_class_recall": 1 / n_classes}
-    return {"metrics": classification_metrics(logits, target), "chance": chance, "per_class_recall": per_class,
-            "n": len(ds), "classes": n_classes, "predictions": pred.tolist()}
+    return {"metrics": classification_metrics(logits, target), "chance": chance, "per_class_recall": per_class}
+
+
+def multilabel_scores(logits: torch.Tensor, labels: list[list[int]]) -> dict:
+    n, n_classes = logits.shape
+    target = torch.zeros(n, n_classes)                                  # [N, C] multi-hot, as CLIP_benchmark's
+    for i, classes in enumerate(labels):
+        target[i, classes] = 1
+    ap = average_precision_per_class(logits, target)
+    chance = sum(chance_average_precision(int(p), n) for p in target.sum(dim=0).tolist()) / n_classes
+    return {"metrics": {"mean_average_precision": ap.mean().item()},
+            "chance": {"mean_average_precision": chance}, "per_class_average_precision": ap.tolist()}
