@@ -77,6 +77,17 @@ def test_cifar100_names_are_the_files_own(cifar_root):
     assert len(names) == 100 and names[1] == "aquarium_fish" and names[-1] == "worm"  # underscores kept
 
 
+def test_clip_benchmark_keeps_these_readers_names():
+    """CLIP_benchmark replaces only MNIST's names ('0'…'9'); CIFAR's are torchvision's, i.e. the files', and it has
+    no Fashion-MNIST, KMNIST or EMNIST, so the names these readers give are the ones prompted with."""
+    import json
+    from importlib.resources import files
+
+    names = json.loads((files("clip_benchmark") / "datasets" / "en_classnames.json").read_text())
+    assert names["mnist"] == [str(d) for d in range(10)]
+    assert not {"cifar10", "cifar100", "fashion_mnist", "kmnist", "emnist"} & set(names)
+
+
 @pytest.mark.parametrize("split", ["test", "train"])
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_binary_equals_python(cifar_root, name, split):

@@ -79,7 +79,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def _scan(data: bytes, path: Path) -> None:
     """One line if ``data`` is not a whole pickle, declares more bytes than it has, or names a refused opcode."""
     try:
-        for op, arg, _ in pickletools.genops(data):
+        for op, _, _ in pickletools.genops(data):
             if op.name in REFUSED_OPCODES:
                 raise UserError(f"{path}: the pickle refers to objects outside the file ({op.name}); not loaded")
     except UserError:
