@@ -283,8 +283,13 @@ def _linear_probe(f: Found, m: LoadedModel, log: Callable) -> tuple[str, str, fl
         raise UserError(probe)
     train = open_classification(f.dataset, f.folder, "train", log=log)
     test = open_classification(f.dataset, f.folder, f.split, log=log)
+    if train.classnames != test.classnames:
+        raise UserError(f"{f.dataset}: the train split's {len(train.classnames)} class names differ from the "
+                        f"{f.split} split's {len(test.classnames)}; a probe needs one set of classes")
+    # CLIP_benchmark's defaults: no validation split, so weight decay 0 (eval.linear_probe)
     metrics = probe.linear_probe(_image_features(train, m), torch.tensor(train.labels),
-                                 _image_features(test, m), torch.tensor(test.labels))
+                                 _image_features(test, m), torch.tensor(test.labels),
+                                 num_classes=len(test.classnames), classnames=test.classnames)
     metric = "lp_" + known()[f.dataset].metric
     return test.name, metric, _main_value(metrics, metric, f), {"metrics": metrics}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import mmcontrast as mc
@@ -27,6 +28,7 @@ from eval.__main__ import main as eval_main
 from eval.cache import file_identity
 from eval.classification import registry
 from eval.classification.registry import DatasetSpec, Layout, open_classification
+from eval.encode import encode_images
 from eval.sets import ClassificationSet, FileImages, RecordImages
 from eval.suite import LoadedModel, discover, run_suite
 from eval.suite_report import OPENCLIP_COLUMNS
@@ -50,7 +52,7 @@ GOOD = ["cifar10", "flowers", "flickr30k", "mscoco", "winoground"]
 def _read_cifar_bin(root: Path, split: str) -> ClassificationSet:
     """CIFAR-10's binary version: records of <label byte><1024 R><1024 G><1024 B>, memory-mapped."""
     folder = root / "cifar-10-batches-bin"
-    path = folder / "test_batch.bin"
+    path = folder / f"{split}_batch.bin"
     if path.stat().st_size % CIFAR_RECORD:
         raise UserError(f"{path}: {path.stat().st_size} bytes, not a multiple of {CIFAR_RECORD}")
     records = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, CIFAR_RECORD)
@@ -79,12 +81,14 @@ def _read_idx(root: Path, split: str) -> ClassificationSet:
 
 def fake_registry() -> dict[str, DatasetSpec]:
     """cifar10 and flowers as written by ``write_root``, a broken mnist, and an imagenet1k never written."""
-    layouts = {"cifar10": ("acc1", Layout("CIFAR-10 binary", "cifar-10-batches-bin/test_batch.bin", _read_cifar_bin)),
+    layouts = {"cifar10": ("acc1", Layout("CIFAR-10 binary", "cifar-10-batches-bin/{split}_batch.bin",
+                                          _read_cifar_bin)),
                "flowers": ("mean_per_class_recall", Layout("labelled folder", "flowers-102/labels.txt",
                                                            _read_labelled_folder)),
                "mnist": ("acc1", Layout("IDX", "MNIST/raw/t10k-images-idx3-ubyte", _read_idx)),
                "imagenet1k": ("acc1", Layout("ImageFolder", "val", _read_labelled_folder))}
-    return {name: DatasetSpec(name, metric, [layout]) for name, (metric, layout) in layouts.items()}
+    return {name: DatasetSpec(name, metric, [layout], ("test", "train") if name == "cifar10" else ("test",))
+            for name, (metric, layout) in layouts.items()}
 
 
 def _attach(ds: ClassificationSet, name: str) -> ClassificationSet:
@@ -115,14 +119,15 @@ def write_root(root: Path, retrieval_root: Path) -> Path:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    picked = [i for c in range(10) for i in np.flatnonzero(digits.target == c)[:10]]
-    records = np.zeros((len(picked), CIFAR_RECORD), dtype=np.uint8)
-    for n, i in enumerate(picked):
-        grey = np.array(Image.fromarray((digits.images[i] * 16).clip(0, 255).astype(np.uint8)).resize((32, 32)))
-        records[n, 0] = digits.target[i]
-        records[n, 1:] = np.stack([grey, 255 - grey, grey // 2]).reshape(-1)  # the three planes, R then G then B
     (root / "cifar-10-batches-bin").mkdir(parents=True)
-    records.tofile(root / "cifar-10-batches-bin" / "test_batch.bin")
+    for split, first in (("test", 0), ("train", 10)):  # 10 digits of each class per split, none in both
+        picked = [i for c in range(10) for i in np.flatnonzero(digits.target == c)[first:first + 10]]
+        records = np.zeros((len(picked), CIFAR_RECORD), dtype=np.uint8)
+        for n, i in enumerate(picked):
+            grey = np.array(Image.fromarray((digits.images[i] * 16).clip(0, 255).astype(np.uint8)).resize((32, 32)))
+            records[n, 0] = digits.target[i]
+            records[n, 1:] = np.stack([grey, 255 - grey, grey // 2]).reshape(-1)  # the planes, R then G then B
+        records.tofile(root / "cifar-10-batches-bin" / f"{split}_batch.bin")
     (root / "cifar-10-batches-bin" / "batches.meta.txt").write_text(
         "zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\n")
     photos = load_photos()
@@ -280,6 +285,32 @@ def test_compare_puts_a_second_model_beside_with_the_differences_of_the_two_runs
     (average,) = [line for line in table.splitlines() if "Average perf. on 4 datasets" in line]
     a, b = (float(alone[n]["Average perf. on 4 datasets"]) for n in range(2))
     assert f"| {100 * a:.2f} | {100 * b:.2f} | {100 * (b - a):+.2f} |" in average
+
+
+def test_the_linear_probe_equals_the_probe_on_the_features_and_shares_zero_shots_test_images(root, models, tmp_path,
+                                                                                               monkeypatch):
+    probe = pytest.importorskip("eval.linear_probe")
+    found = {(f.task, f.dataset): f.status for f in discover(root, ("linear_probe",))}
+    assert found == {("linear_probe", "cifar10"): "found", ("linear_probe", "flowers"): "skipped",
+                     ("linear_probe", "mnist"): "skipped", ("linear_probe", "imagenet1k"): "skipped"}
+    model, preprocess, tokenizer = mc.load(str(models[0]))
+    features = {}
+    for split in ("train", "test"):
+        ds = open_classification("cifar10", root, split)
+        features[split] = (encode_images(model, preprocess, ds.images, 16, torch.device("cpu"), progress=False),
+                           torch.tensor(ds.labels))
+    alone = probe.linear_probe(*features["train"], *features["test"])
+    calls = []
+    encode_image = type(model).encode_image
+    monkeypatch.setattr(type(model), "encode_image", lambda self, x: calls.append(len(x)) or encode_image(self, x))
+    out = tmp_path / "lp"
+    run_suite_program(models[0], root, out, tasks=["zeroshot", "linear_probe"], datasets=["cifar10"],
+                      cache_dir=str(tmp_path / "cache"))
+    assert _json(out, "linear_probe", "cifar10")["metrics"] == pytest.approx(alone, nan_ok=True)
+    assert _json(out, "linear_probe", "cifar10")["task"] == "linear_probe"
+    assert sum(calls) == 200  # 100 test images for zero-shot, read again from the cache by the probe; 100 train
+    (row,) = _csv(out)
+    assert float(row["CIFAR-10 (linear probe)"]) == alone["lp_acc1"]
 
 
 def test_the_linear_probe_is_skipped_with_a_line_when_its_module_is_absent(root, monkeypatch):
