@@ -18,7 +18,6 @@ from mmcontrast.errors import UserError
 
 from . import readers
 from .classification import open_classification
-from .classification.names import apply_overrides
 from .classification.registry import known as known_classification
 from .sets import ClassificationSet, RetrievalSet, check_classification
 
@@ -47,8 +46,9 @@ def open_dataset(spec: str, root: str | Path | None = None, split: str | None = 
     if not arg and kind not in KNOWN and kind in known_classification():
         if root is None:
             raise UserError(f"--dataset {spec} needs --root DIR (the folder that holds {spec}'s files)")
-        ds = open_classification(kind, root, split, log=log)
-        return apply_overrides(ds, classnames, templates)
+        from .classification.names import apply_overrides  # at call time, as open_classification imports it
+
+        return apply_overrides(open_classification(kind, root, split, log=log), classnames, templates)
     split = split or "test"
     if kind in KNOWN and not arg:
         if root is None:
