@@ -69,7 +69,7 @@ def _timm_list(name: str) -> list[str]:
     spec = importlib.util.find_spec("timm")
     path = Path(spec.origin).parent / "data" / "_info" / name if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise UserError(f"timm's data/_info/{name} is missing: install timm >= 0.9.8, which ships the ImageNet lists")
+        raise UserError(f"timm's data/_info/{name} is missing: install a timm that ships it (timm 1.0 does)")
     return path.read_text(encoding="utf-8").split()
 
 
@@ -324,6 +324,7 @@ def _check_inflated(f, nbytes: int, path: Path) -> None:
 # ---------------------------------------------------------------- the test sets
 
 def read_imagenetv2(folder: str):
+    """A reader of ImageNet-V2's ``root/<folder>/<label>/``, the folder name being the label."""
     def read(root: Path, split: str) -> ClassificationSet:
         top = root / folder
         labelled = []
