@@ -46,6 +46,7 @@ TASKS = ("zeroshot", "retrieval", "compositional", "linear_probe")
 DEFAULT_TASKS = ("zeroshot", "retrieval", "compositional")  # the linear probe trains classifiers: asked for by name
 SPLIT = "test"
 MULTILABEL_METRIC = "mean_average_precision"
+TRAIN_SPLITS = ("train", "trainval")  # what a linear probe fits on, the first a dataset's readers know
 
 # compositional sets: the folders under ROOT tried, and the files (relative to one) that say the set is there
 COMPOSITIONAL_FOLDERS = {name: (name, "aro") if name in ARO_FILES else (name,) for name in COMPOSITIONAL}
@@ -67,6 +68,7 @@ class Found:
     where: str                  # found: what is read; missing: every path looked for; skipped: why
     folder: Path | None = None  # found: the root its reader is given
     split: str = SPLIT
+    train_split: str = ""       # linear_probe: the split the probe fits on
 
 
 @dataclass
@@ -168,7 +170,8 @@ def _find_classification(root: Path, name: str, task: str) -> Found:
     if task == "linear_probe":
         if spec.metric == MULTILABEL_METRIC:
             return Found(task, name, "skipped", "multi-label: the linear probe takes one label per image")
-        if "train" not in spec.splits:
+        train_split = next((s for s in TRAIN_SPLITS if s in spec.splits), None)
+        if train_split is None:
             return Found(task, name, "skipped", f"no train split (its readers know {', '.join(spec.splits)})")
         split = SPLIT if SPLIT in spec.splits else split
     test = _layout_in(root, spec, split)
@@ -176,11 +179,11 @@ def _find_classification(root: Path, name: str, task: str) -> Found:
         return Found(task, name, "missing", "looked for " + ", ".join(test))
     folder, where = test
     if task == "linear_probe":
-        train = find_layout(name, folder, "train")
-        if train is None:
-            return Found(task, name, "missing", f"{where} holds {split}, but no train split under {folder}: "
-                         f"looked for " + ", ".join(str(folder / lay.marker.format(split="train"))
+        if find_layout(name, folder, train_split) is None:
+            return Found(task, name, "missing", f"{where} holds {split}, but no {train_split} split under {folder}: "
+                         f"looked for " + ", ".join(str(folder / lay.marker.format(split=train_split))
                                                     for lay in spec.layouts))
+        return Found(task, name, "found", where, folder, split, train_split)
     return Found(task, name, "found", where, folder, split)
 
 
@@ -281,10 +284,10 @@ def _linear_probe(f: Found, m: LoadedModel, log: Callable) -> tuple[str, str, fl
     probe = linear_probe_module()
     if isinstance(probe, str):
         raise UserError(probe)
-    train = open_classification(f.dataset, f.folder, "train", log=log)
+    train = open_classification(f.dataset, f.folder, f.train_split, log=log)
     test = open_classification(f.dataset, f.folder, f.split, log=log)
     if train.classnames != test.classnames:
-        raise UserError(f"{f.dataset}: the train split's {len(train.classnames)} class names differ from the "
+        raise UserError(f"{f.dataset}: the {f.train_split} split's {len(train.classnames)} class names differ from the "
                         f"{f.split} split's {len(test.classnames)}; a probe needs one set of classes")
     # CLIP_benchmark's defaults: no validation split, so weight decay 0 (eval.linear_probe)
     metrics = probe.linear_probe(_image_features(train, m), torch.tensor(train.labels),
