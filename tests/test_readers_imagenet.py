@@ -38,7 +38,7 @@ def test_class_lists_are_clip_benchmarks():
     assert list(imagenet.imagenet_wnids()) == layouts.all_wnids()
     assert list(imagenet.subset_wnids("imagenet-a")) == subsets["imagenet-a"]
     assert list(imagenet.subset_wnids("imagenet-r")) == subsets["imagenet-r"]
-    assert len(subsets["imagenet-o"]) == 200
+    assert list(imagenet.subset_wnids("imagenet-o")) == subsets["imagenet-o"]
     assert imagenet.classnames_of(imagenet.imagenet_wnids()) == en["imagenet1k"]
     assert imagenet.IMG_EXTENSIONS == folder.IMG_EXTENSIONS
     # the "class folders in --root" layouts are told apart by their first class folder
@@ -56,7 +56,7 @@ def test_each_layout_gives_the_written_labels(key, tmp_path):
     assert isinstance(ds.images, FileImages) and ds.templates == []
     assert (ds.labels, ds.ids, len(ds.images)) == (expected["labels"], expected["ids"], expected["n"])
     assert ds.images.paths == [str(tmp_path / i) for i in expected["ids"]]
-    assert len(ds.classnames) == {"imagenet-a": 200, "imagenet-r": 200, "imagenet-o": 4, "objectnet": 3}.get(name, 1000)
+    assert len(ds.classnames) == {"imagenet-a": 200, "imagenet-r": 200, "imagenet-o": 200, "objectnet": 3}.get(name, 1000)
     assert ds.images.image(0).mode == "RGB"
 
 
@@ -120,7 +120,7 @@ def test_every_class_present_equals_imagefolder(name, tmp_path):
     assert ds.classnames == names
 
 
-@pytest.mark.parametrize("name", ["imagenet-a", "imagenet-r"])
+@pytest.mark.parametrize("name", ["imagenet-a", "imagenet-r", "imagenet-o"])
 def test_subset_argmax_equals_masked_1k_argmax(name, tmp_path):
     """wise-ft scores the 1k logits restricted to the subset's columns; our 200-way labels index those columns."""
     expected = layouts.write_subset(name, tmp_path)
@@ -200,7 +200,7 @@ def test_meta_mat_that_inflates_too_far_stops(tmp_path, monkeypatch):
     ("imagenetv2", lambda r: (r / "ImageNetV2-matched-frequency/1000").mkdir(), "labels 0 to 999, not '1000'"),
     ("imagenetv2", lambda r: (r / "ImageNetV2-matched-frequency/010").mkdir(), "labels 0 to 999, not '010'"),
     ("imagenet-r", lambda r: (r / "imagenet-r/n01440764").mkdir(), "'n01440764' is not a WordNet id of imagenet-r"),
-    ("imagenet-o", lambda r: (r / "imagenet-o/n0000000x").mkdir(), "'n0000000x' is not an ImageNet-1k wnid"),
+    ("imagenet-o", lambda r: (r / "imagenet-o/n01440764").mkdir(), "'n01440764' is not a WordNet id of imagenet-o"),
     ("imagenet_sketch", lambda r: (r / "sketch/cat").mkdir(), "'cat' is not a WordNet id of imagenet_sketch"),
     ("objectnet", lambda r: (r / "objectnet_to_imagenet_1k.json").write_text('{"Kettle": "teapot"}'),
      "ObjectNet class 'Kettle' has no folder"),

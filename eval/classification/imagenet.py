@@ -3,7 +3,8 @@
 Class order is that of torchvision's ``ImageNet``/``ImageFolder``: the 1,000 WordNet ids (wnids) sorted. The list
 comes from timm (``timm/data/_info/imagenet_synsets.txt``, timm's ``ImageNetInfo``), and the ImageNet-A and -R
 subsets from timm's ``imagenet_a_synsets.txt`` / ``imagenet_r_synsets.txt``; they equal the lists in
-CLIP_benchmark's ``datasets/builder.py`` (``all_imagenet_wordnet_ids`` and the inline subset lists). Class names
+CLIP_benchmark's ``datasets/builder.py`` (``all_imagenet_wordnet_ids`` and the inline subset lists). ImageNet-O's
+200 wnids are in no other installed package, so they are read from that source (``names.builder_lists``). Class names
 are open_clip's ``IMAGENET_CLASSNAMES`` (= CLIP_benchmark's ``en_classnames.json["imagenet1k"]``), masked to a
 subset's wnids in 1k order, as CLIP_benchmark's builder masks them. Labels are always the index of an image's wnid
 in the class list, so a copy holding only some class folders keeps the full classifier (ImageFolder would
@@ -23,8 +24,6 @@ Layouts (the first whose marker exists is read):
 - ``imagenet_sketch``: ``sketch/<wnid>/``, ``imagenet-sketch/sketch/``, or ``--root`` itself (CLIP_benchmark
   moves ``sketch`` to its root).
 - ``imagenet-a`` / ``imagenet-r`` / ``imagenet-o``: ``imagenet-a/<wnid>/`` or ``--root`` itself; 200 classes.
-  No installed package lists ImageNet-O's 200 wnids (CLIP_benchmark has them inline in a function), so its
-  classes are the wnid folders present: the full download has all 200, which gives CLIP_benchmark's classifier.
 - ``objectnet``: ``objectnet-1.0/images/<folder>/*.png`` with ``folder_to_objectnet_label.json`` and
   ``objectnet_to_imagenet_1k.json`` in root (CLIP_benchmark copies ``mappings/`` there) or in
   ``objectnet-1.0/mappings/``. As CLIP_benchmark's ``ObjectNetDataset``: the 113 folders that map to ImageNet, in
@@ -88,10 +87,14 @@ def wnid_index() -> dict[str, int]:
 
 
 def subset_wnids(name: str) -> tuple[str, ...]:
-    """ImageNet-A's or -R's 200 wnids in label order (sorted, hence in 1k order)."""
-    wnids = _timm_list(SUBSET_FILES[name])
+    """ImageNet-A's, -R's or -O's 200 wnids in label order (sorted, hence in 1k order)."""
+    if name in SUBSET_FILES:
+        wnids, source = _timm_list(SUBSET_FILES[name]), f"timm's data/_info/{SUBSET_FILES[name]}"
+    else:
+        from .names import IMAGENET_SUBSETS, builder_lists
+        wnids, source = builder_lists()[IMAGENET_SUBSETS[name]], "clip_benchmark's datasets/builder.py"
     if len(wnids) != 200 or wnids != sorted(set(wnids)) or not set(wnids) <= wnid_index().keys():
-        raise UserError(f"timm's data/_info/{SUBSET_FILES[name]} is not 200 sorted ImageNet wnids; reinstall timm")
+        raise UserError(f"{source} does not list 200 sorted ImageNet wnids for {name}; reinstall it")
     return tuple(wnids)
 
 
@@ -345,15 +348,7 @@ def read_wnid_folders(name: str, folder: str):
     """A reader of ``root/<folder>/<wnid>/`` (``folder`` "" for root itself) for ImageNet-Sketch or -A/-R/-O."""
     def read(root: Path, split: str) -> ClassificationSet:
         top = root / folder
-        if name == "imagenet_sketch":
-            classes = imagenet_wnids()
-        elif name in SUBSET_FILES:
-            classes = subset_wnids(name)
-        else:  # ImageNet-O: the folders present (see the module docstring)
-            classes = [f.name for f in _class_folders(top)]
-            stray = [w for w in classes if w not in wnid_index()]
-            if stray:
-                raise UserError(f"{top / stray[0]}: {stray[0][:40]!r} is not an ImageNet-1k wnid")
+        classes = imagenet_wnids() if name == "imagenet_sketch" else subset_wnids(name)
         paths, labels = _wnid_tree(top, classes, name)
         return _set(top, root, paths, labels, classnames_of(classes))
     return read

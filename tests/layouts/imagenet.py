@@ -191,8 +191,7 @@ def write_subset(name: str, root: Path, folder: str | None = None, wnids: list[s
     """ImageNet-A/-R/-O: ``<name>/<wnid>/*.jpg`` over a few of its classes (every one when ``wnids`` says so)."""
     subset = clip_benchmark_subsets()[name]
     chosen = wnids or [subset[0], subset[57], subset[123], subset[-1]]
-    classes = sorted(chosen) if name == "imagenet-o" else subset  # ImageNet-O's classes are its folders
-    return write_wnid_tree(root, name if folder is None else folder, chosen, classes, ext=".jpg")
+    return write_wnid_tree(root, name if folder is None else folder, chosen, subset, ext=".jpg")
 
 
 # ObjectNet classes: three that map to ImageNet (one to two 1k classes), two that do not
