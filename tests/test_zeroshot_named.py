@@ -147,7 +147,8 @@ def test_open_dataset_errors_name_the_problem(eurosat_root):
         open_dataset("eurosat")
     with pytest.raises(UserError) as e:
         open_dataset("cifar11", eurosat_root)
-    assert "\n" not in str(e.value) and all(n in str(e.value) for n in ("flickr30k", "cifar10", "imagenet1k", "voc2007"))
+    message = str(e.value)
+    assert "\n" not in message and all(n in message for n in ("flickr30k", "cifar10", "imagenet1k", "voc2007"))
     with pytest.raises(UserError, match="no cifar10 files under"):
         open_dataset("cifar10", eurosat_root, log=lambda *a: None)
 
