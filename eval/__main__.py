@@ -1,7 +1,10 @@
-"""``[accelerate launch] python -m eval zeroshot|retrieval|compositional --model M --dataset D --output out.json``.
+"""``[accelerate launch] python -m eval zeroshot|retrieval|compositional|linear-probe --model M --dataset D --output out.json``
+and ``python -m eval suite --model M --root DATASETS_DIR --output OUT_DIR``.
 
 M is a model directory, ``openclip:ARCH`` (with ``--pretrained FILE``) or ``hf:DIR`` (a local
-transformers directory; nothing is downloaded). D is ``flickr30k``, ``flickr8k`` or ``mscoco`` with
+transformers directory; nothing is downloaded). D is a classification dataset by its CLIP_benchmark name
+(``imagenet1k``, ``cifar10``, ``mnist``, ``voc2007``, ... with ``--root DIR``: the files users have, in their
+on-disk layouts, with CLIP_benchmark's class names and templates), ``flickr30k``, ``flickr8k`` or ``mscoco`` with
 ``--root DIR`` (the annotation file found is reported), or an explicit ``wds:DIR``, ``karpathy:FILE``,
 ``coco:FILE``, ``flickr-txt:FILE``, ``blip:FILE``, ``imagefolder:DIR``. Writes CLIP_benchmark-schema
 JSON to ``--output`` (a NAME.json), a Markdown table beside it (``.md``), and an HTML page with sample
@@ -15,6 +18,11 @@ naming the file.
 ``aro_vga`` or ``shapes`` (the set ``python -m data_prep compositional`` writes) with ``--root DIR``, and
 writes ``.json`` (CLIP_benchmark's ``text_acc``/``image_acc``/``acc``, per category), ``.md`` (with chance
 levels, standard errors and ties) and ``.html`` (failures); a fusion model is also scored by its ITM head.
+
+``linear-probe`` fits CLIP_benchmark's logistic-regression probe on frozen features of D's ``--train-split``
+(``--fewshot-k K`` per class, ``--seeds``), choosing the weight decay on validation data only. ``suite`` finds
+every known benchmark under ``--root``, runs each, and writes open_clip's results table, one JSON per evaluation
+and a chart (``--compare M2``: a second model beside it).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from pathlib import Path
 
 from mmcontrast.errors import UserError, run_main
 
-TEMPLATE_SETS = ("openai", "simple")
+TEMPLATE_SETS = ("openai", "simple", "cupl")
 DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -33,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The program's options; nothing heavy is imported before they are parsed, so --help answers at once."""
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["zeroshot", "retrieval", "compositional"],
+    p.add_argument("task", choices=["zeroshot", "retrieval", "compositional", "linear-probe", "suite"],
                    help="zeroshot: classify a labelled image set; retrieval: image↔text recall@K; "
-                        "compositional: pick the true caption against hard negatives (SugarCrepe, Winoground, ARO)")
+                        "compositional: pick the true caption against hard negatives (SugarCrepe, Winoground, ARO); "
+                        "linear-probe: logistic regression on frozen image features (full or --fewshot-k); "
+                        "suite: every benchmark found under --root")
     p.add_argument("--model", required=True,
                    help="a model directory (training's final/, or open_clip_config.json + weights); "
                         "openclip:NAME (an open_clip architecture or config .json) with --pretrained FILE; "
@@ -44,17 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="openclip:NAME only: the weights file (.safetensors, or .bin/.pt read weights-only)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="load weights holding NaN or inf (refused by default: they give chance-level numbers)")
-    p.add_argument("--dataset", required=True,
+    p.add_argument("--dataset", default=None,
                    help="flickr30k|flickr8k|mscoco (with --root) or FORMAT:PATH; compositional: "
                         "sugar_crepe[/CATEGORY]|winoground|aro_vgr|aro_vga|shapes[/CATEGORY] (with --root)")
     p.add_argument("--root", default=None, help="folder with the annotation file and the images")
     p.add_argument("--split", default="test", help="split of a named dataset or a wds: directory (default: test)")
     p.add_argument("--output", required=True,
-                   help="result JSON path, NAME.json (NAME.md and NAME.html or NAME.classes.png written beside it)")
+                   help="result JSON path, NAME.json (NAME.md and NAME.html or NAME.classes.png written beside it); "
+                        "suite: a folder (results.csv, results.md, results.png, one JSON per evaluation)")
+    p.add_argument("--train-split", default="train",
+                   help="linear-probe: the split the probe is trained on (default: train; pets: trainval)")
+    p.add_argument("--val-split", default=None,
+                   help="linear-probe: a split to choose the weight decay on (else --val-proportion, else it is 0)")
+    p.add_argument("--val-proportion", type=float, default=0.0,
+                   help="linear-probe: share of train held out to choose the weight decay; with --fewshot-k, any p > 0 "
+                        "draws k more per class from train, disjoint from the k-shot ones (default: 0, no search)")
+    p.add_argument("--fewshot-k", type=int, default=-1,
+                   help="linear-probe: train examples per class, drawn per seed (default: -1, all of them)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="linear-probe: one probe per seed; several give the mean and standard deviation (default: 0)")
+    p.add_argument("--lp-lr", type=float, default=0.1, help="linear-probe: AdamW learning rate (default: 0.1)")
+    p.add_argument("--lp-epochs", type=int, default=10, help="linear-probe: epochs (default: 10)")
+    p.add_argument("--lp-batch-size", type=int, default=64, help="linear-probe: training batch size (default: 64)")
+    p.add_argument("--tasks", nargs="+", choices=["zeroshot", "retrieval", "compositional", "linear_probe"],
+                   default=None, help="suite: the tasks run (default: zeroshot retrieval compositional; "
+                                      "linear_probe on request)")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="suite: only these dataset names (default: every one found)")
+    p.add_argument("--compare", default=None,
+                   help="suite: a second model (any --model form), side by side with the differences")
+    p.add_argument("--compare-pretrained", default=None, help="suite: the weights file of --compare (openclip:NAME)")
     p.add_argument("--classnames", default=None, help="zero-shot: class names file, one per line")
     p.add_argument("--templates", default=None,
-                   help="zero-shot: openai (80), simple (7), a file with one {c} template per line, "
-                        "or a CuPL JSON {class: [prompts]}; default: the dataset's own, else openai")
+                   help="zero-shot: openai (80), simple (7), cupl (CLIP_benchmark's CuPL prompts, ImageNet classes), "
+                        "a file with one {c} template per line, or a CuPL JSON {class: [prompts]}; "
+                        "default: the dataset's own (CLIP_benchmark's for a named dataset), else openai")
     p.add_argument("--captions-per-image", type=int, default=0,
                    help="retrieval: keep only the first K captions of each image (0 = all)")
     p.add_argument("--backend", choices=["torch", "faiss-flat", "faiss-hnsw"], default="torch",
@@ -74,21 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv):
     return build_parser().parse_args(argv)
-
-
-def choose_templates(spec: str | None, ds):
-    import mmcontrast as mc
-
-    from .readers import read_templates
-    if spec is None:
-        return ds.templates
-    if spec == "openai":
-        return list(mc.templates.OPENAI_IMAGENET)
-    if spec == "simple":
-        return list(mc.templates.SIMPLE)
-    if not Path(spec).is_file():
-        raise UserError(f"--templates {spec}: not {'/'.join(TEMPLATE_SETS)} and no such file")
-    return read_templates(spec)
 
 
 def input_paths(args: argparse.Namespace, source: str) -> dict[str, Path]:
@@ -126,6 +145,14 @@ def load_model(args: argparse.Namespace, state) -> tuple:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.task == "suite":
+        from .suite_cli import run
+        return run(args, input_paths, load_model)
+    if not args.dataset:
+        raise UserError(f"--dataset is required for {args.task}")
+    if args.task == "linear-probe":
+        from .linear_probe_cli import run
+        return run(args, input_paths, load_model)
     if args.task == "compositional":
         from .compositional_cli import run
         return run(args, input_paths, load_model)
@@ -137,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     import mmcontrast.model  # noqa: F401  before the process group (mmcontrast.distributed.shutdown)
 
     from .cache import EmbeddingCache, cache_key, file_identity
+    from .classification.names import choose_templates
     from .datasets import open_dataset
     from .html import write_retrieval_html
     from .report import check_outputs, markdown_table, plot_per_class, result_json, result_rows, write_outputs
@@ -182,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.task == "retrieval":
         write_retrieval_html(outputs["HTML page"], ds, result, title)
     else:
-        plot_per_class(outputs["chart"], ds.classnames, result["per_class_recall"], title)
-        outputs["per-class JSON"].write_text(json.dumps(dict(zip(ds.classnames, result["per_class_recall"]))))
+        per_class = result.get("per_class_recall", result.get("per_class_average_precision"))  # multi-label: AP
+        plot_per_class(outputs["chart"], ds.classnames, per_class, title)
+        outputs["per-class JSON"].write_text(json.dumps(dict(zip(ds.classnames, per_class))))
     print(table)
     print("wrote " + ", ".join(str(p) for p in outputs.values()))
 

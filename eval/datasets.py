@@ -33,7 +33,8 @@ KNOWN = {
 }
 
 
-def _exists(path: Path, kind: str, split: str) -> bool:
+def annotation_exists(path: Path, kind: str, split: str) -> bool:
+    """Whether the annotation file (or, for a webdataset, the split's ``nshards.txt``) of a retrieval layout is there."""
     return (path / split / "nshards.txt").is_file() if kind == "wds" else path.is_file()
 
 
@@ -57,7 +58,7 @@ def open_dataset(spec: str, root: str | Path | None = None, split: str | None = 
         tried = []
         for rel, fmt in KNOWN[kind]:
             path = root / rel.format(split=split)
-            if _exists(path, fmt, split):
+            if annotation_exists(path, fmt, split):
                 log(f"{spec}: using {path} ({fmt})")
                 return _read(fmt, path, root, split, classnames, templates, name=kind)
             tried.append(str(path / split / "nshards.txt") if fmt == "wds" else str(path))

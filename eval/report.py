@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmcontrast.errors import UserError
 
-TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
+TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval", "linear_probe": "linear_probe"}
 
 
 def result_json(dataset: str, model: str, pretrained: str, task: str, metrics: dict) -> dict:

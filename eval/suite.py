@@ -36,7 +36,7 @@ from .compositional import run_compositional
 from .compositional_sets import ARO_FILES, SUGAR_CREPE, open_selection_set
 from .compositional_sets import DATASETS as COMPOSITIONAL
 from .datasets import KNOWN as RETRIEVAL
-from .datasets import _exists, open_dataset
+from .datasets import annotation_exists, open_dataset
 from .encode import encode_images
 from .retrieval import run_retrieval
 from .sets import ClassificationSet
@@ -191,7 +191,7 @@ def _find_retrieval(root: Path, name: str) -> Found:
     folder, looked = root / name, []
     for rel, fmt in RETRIEVAL[name]:
         path = folder / rel.format(split=SPLIT)
-        if _exists(path, fmt, SPLIT):
+        if annotation_exists(path, fmt, SPLIT):
             return Found("retrieval", name, "found", f"{path} ({fmt})", folder)
         looked.append(str(path / SPLIT / "nshards.txt") if fmt == "wds" else str(path))
     return Found("retrieval", name, "missing", "looked for " + ", ".join(looked))

@@ -206,9 +206,6 @@ def record(o: Outcome, run: ModelResults) -> dict:
     """The evaluation as CLIP_benchmark's JSON."""
     if o.task == "compositional":
         return compositional_json(o.name, run.model, run.pretrained, o.result)
-    if o.task == "linear_probe":  # CLIP_benchmark's name for the task; eval.report names the zero-shot ones
-        return {**result_json(o.name, run.model, run.pretrained, "zeroshot", o.result["metrics"]),
-                "task": "linear_probe"}
     out = result_json(o.name, run.model, run.pretrained, o.task, o.result["metrics"])
     if "reranked" in o.result:
         out["reranked"] = o.result["reranked"]

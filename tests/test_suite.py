@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from eval import suite_cli
 from eval.__main__ import build_parser, input_paths, load_model
 from eval.__main__ import main as eval_main
 from eval.cache import file_identity
-from eval.classification import registry
+from eval.classification import names, registry
 from eval.classification.registry import DatasetSpec, Layout, open_classification
 from eval.encode import encode_images
 from eval.sets import ClassificationSet, FileImages, RecordImages
@@ -99,9 +98,7 @@ def _attach(ds: ClassificationSet, name: str) -> ClassificationSet:
 def install_fakes(setattr_, setitem) -> None:
     setattr_(registry, "READER_MODULES", ())
     setattr_(registry, "DATASETS", fake_registry())
-    names = types.ModuleType("eval.classification.names")
-    names.attach = _attach
-    setitem(sys.modules, "eval.classification.names", names)
+    setattr_(names, "attach", _attach)  # open_classification imports it at call time
 
 
 @pytest.fixture(autouse=True)
