@@ -1,13 +1,15 @@
 """Embeddings cached on disk: a second run of the same model on the same data skips encoding.
 
 The key hashes everything the embeddings depend on — the model's identity (its weights files'
-paths, sizes and modification times), the preprocessing, the data's fingerprint and the texts.
+paths, sizes and modification times), the preprocessing, the data's fingerprint and the texts. Zero-shot
+class weights are entries like any other, keyed by the model, the class names and the prompts.
 
 An entry is one safetensors file holding ``features``, with the blake2b hash of the tensor (its dtype,
 shape and bytes) in the file's metadata. It is read as untrusted input: the header is checked against the
 file's size before a byte of data is read, then the tensor is hashed and compared. An entry that fails —
 truncated by a full disk or a killed copy, changed, or written by a version that recorded no hash — is
-recomputed and written again, with a line saying so. An entry that cannot be written is left out with a
+recomputed and written again, with a line saying so; so is one whose tensor has another shape than the
+caller expects. An entry that cannot be written is left out with a
 line, and the evaluation goes on.
 """
 
@@ -17,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -48,11 +50,14 @@ def features_digest(features: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def read_entry(path: Path) -> torch.Tensor:
-    """The features of a cache entry that matches the hash it records; ``UserError`` saying what is wrong."""
+def read_entry(path: Path, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """The features of a cache entry that matches the hash it records (and ``shape``, when given);
+    ``UserError`` saying what is wrong."""
     header = read_safetensors_header(path)
     if set(header) != {FEATURES}:
         raise UserError(f"{path} holds {len(header)} tensors, not one named {FEATURES!r}")
+    if shape is not None and header[FEATURES]["shape"] != list(shape):
+        raise UserError(f"{path} holds features of shape {header[FEATURES]['shape']}, not {list(shape)}")
     try:
         with safe_open(str(path), "pt") as f:
             recorded = (f.metadata() or {}).get("blake2b")
@@ -71,13 +76,16 @@ class EmbeddingCache:
         self.directory = Path(directory) if directory else None
         self.writer = writer  # with several processes only rank 0 writes
 
-    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor], log=print) -> torch.Tensor:
+    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor], log=print,
+                       shape: Sequence[int] | None = None) -> torch.Tensor:
+        """The entry ``key`` if it is sound (and of ``shape``, when given), else ``compute()``, written when
+        this process is the writer."""
         if self.directory is None:
             return compute()
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
             try:
-                features = read_entry(path)
+                features = read_entry(path, shape)
             except UserError as e:
                 why = str(e).removesuffix("; copy or save it again")  # advice for a model file, not a cache entry
                 log(f"embedding cache entry is broken, recomputing it: {why}")
