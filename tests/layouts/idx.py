@@ -3,7 +3,8 @@
 
 Both splits are written as torchvision leaves a download: each ``.gz`` with its decompressed file beside it
 (torchvision reads only the latter, and wants all four). EMNIST's images are stored transposed, as in the published files.
-Each writer returns, per split, the labels, the upright pixels [N, 28, 28, 3] and torchvision's class names.
+Each writer returns, per split, the labels, the upright pixels [N, 28, 28, 3] and torchvision's class names;
+``sizes`` ({split: images}) writes more (scikit-learn has 1,797 digits in all).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def _digits(n: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), digits.target[offset:offset + n].astype(np.int64)
 
 
-def _write(root: Path, folder: str, stems: dict[str, str], classes: int, transposed: bool, names: list[str]) -> dict:
+def _write(root: Path, folder: str, stems: dict[str, str], classes: int, transposed: bool, names: list[str],
+           sizes: dict[str, int]) -> dict:
     raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     out, offset = {}, 0
-    for split, n in SIZES.items():
+    for split, n in sizes.items():
         images, digits = _digits(n, offset)
         labels = (digits + 10 * (np.arange(n) % 5)) % classes  # past the ten digits where there are more classes
         offset += n
@@ -61,9 +63,9 @@ def _torchvision_names(folder: str) -> list[str]:
 
 
 def _writer(folder: str, stems: dict[str, str], transposed: bool = False):
-    def write(root: Path) -> dict:
+    def write(root: Path, sizes: dict[str, int] | None = None) -> dict:
         names = _torchvision_names(folder)
-        return _write(root, folder, stems, len(names), transposed, names)
+        return _write(root, folder, stems, len(names), transposed, names, sizes or SIZES)
     return write
 
 

@@ -84,13 +84,15 @@ def write_pcam(root: Path) -> dict:
     return out
 
 
-def write_fer2013(root: Path) -> dict:
+def write_fer2013(root: Path, rows: int = 28) -> dict:
     """The same 48×48 grey faces twice: ``fer2013/fer2013.csv`` (emotion,pixels,Usage) and the Kaggle folders
-    ``fer2013/{train,test}/<emotion>/<Usage>_<row>.jpg``. Labels in folder order; ``files`` in CSV order."""
+    ``fer2013/{train,test}/<emotion>/<Usage>_<row>.jpg``, ``rows`` faces (a multiple of 14, half of them test).
+    Labels in folder order; ``files`` in CSV order."""
+    assert rows % 14 == 0 and rows <= 1400, rows  # every emotion in both splits; scikit-learn's digits from 300
     base = root / "fer2013"
-    grey, _ = _digits(28, 48, 300)
-    codes = np.arange(28) % 7  # every emotion in both splits, as ImageFolder needs
-    usage = ["Training" if k // 7 % 2 == 0 else ("PublicTest", "PrivateTest")[k % 2] for k in range(28)]
+    grey, _ = _digits(rows, 48, 300)
+    codes = np.arange(rows) % 7  # every emotion in both splits, as ImageFolder needs
+    usage = ["Training" if k // 7 % 2 == 0 else ("PublicTest", "PrivateTest")[k % 2] for k in range(rows)]
     rows = [["emotion", "pixels", "Usage"]]
     out = {"train": {"labels": [], "pixels": [], "files": []}, "test": {"labels": [], "pixels": [], "files": []}}
     for k, (im, code, use) in enumerate(zip(grey, codes, usage)):
