@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,13 +127,14 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:.2f} GiB"
 
 
-def report(args, runs: dict, metrics: dict, images: dict[str, int], cmds: dict[str, list[str]], work: Path) -> str:
+def report(args, runs: dict, metrics: dict, images: dict[str, int], cmds: dict[str, list[str]], work: Path,
+           load: float) -> str:
     ours, theirs = runs["ours"], runs["clip_benchmark"]
     lines = ["# `python -m eval suite` vs CLIP_benchmark's CLI (zero-shot classification)", "",
-             "Written by `python benchmarks/suite.py` (read its docstring for what is measured and how). The same",
-             f"files, model (random `tiny`, seed 0, image tower without positional embedding), batch size {args.batch_size}, {args.workers} loader workers, "
-             f"OMP_NUM_THREADS={args.threads}, fp32 on the CPU; {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start.", "",
+             "Written by `python benchmarks/suite.py` (its docstring says what is measured and how). The same",
+             "files, model (random `tiny`, seed 0, image tower without positional embedding), batch size "
+             f"{args.batch_size}, {args.workers} loader workers, OMP_NUM_THREADS={args.threads}, fp32 on the CPU; "
+             f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.2f} at the start.", "",
              "| dataset | test images | ours acc1 | CLIP_benchmark acc1 | \\|Δ\\| | ours mean per-class recall "
              "| CLIP_benchmark mean per-class recall | \\|Δ\\| |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     worst = 0.0
@@ -172,25 +172,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="loader workers, both tools (default: 0)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS, both tools (default: 1)")
-    p.add_argument("--work", type=Path, default=None, help="working folder, emptied first (default: a temporary one)")
+    p.add_argument("--work", type=Path, default=None, help="an empty or new working folder, kept (default: a temporary one)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "suite.md")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        if args.work and work.exists():
-            shutil.rmtree(work)
+        if args.work and work.exists() and any(work.iterdir()):
+            raise SystemExit(f"--work {work}: not empty; give a new or empty folder")
         root, model, template, images = build(work, args.datasets)
         out = work / "runs"
         (out / "clip_benchmark").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
         cmds = commands(args, root, model, template, out)
-        runs = {}
+        runs, load = {}, os.getloadavg()[0]
         for name, cmd in cmds.items():
             print(f"OMP_NUM_THREADS={args.threads} {shlex.join(cmd)}", flush=True)
             runs[name] = measure(cmd, env, work / f"{name}.log")
             print(f"  {runs[name]['seconds']:.1f} s, peak {_gib(runs[name]['peak_rss'])}", flush=True)
-        text = report(args, runs, results(out, args.datasets), images, cmds, work)
+        text = report(args, runs, results(out, args.datasets), images, cmds, work, load)
     args.output.write_text(text)
     print(text)
 

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.rerank_k:
             raise UserError("--rerank-k is for retrieval")
         result = run_zeroshot(model, preprocess, tokenizer, ds, templates=choose_templates(args.templates, ds),
-                              cache_key=key, **common)
+                              cache_key=key, model_key=cache_key(model_id), **common)
     if not main_process:
         return
     title = f"{args.task} · {ds.name} · {args.model}"

@@ -40,10 +40,11 @@ def zeroshot(dataset: str, root: str | os.PathLike | None = None, *, model: Mode
     ``simple``, ``cupl`` or a file; default: CLIP_benchmark's for the dataset."""
     ds = _open(dataset, root, split, classnames, templates, ClassificationSet)
     net, preprocess, tokenizer, device, dtype = _load(model, pretrained, device, precision)
-    key = cache_key(_identity(model, pretrained, net, preprocess, precision), file_identity(ds.source),
-                    ds.images.fingerprint()) if cache_dir else ""
+    identity = _identity(model, pretrained, net, preprocess, precision)
+    key = cache_key(identity, file_identity(ds.source), ds.images.fingerprint()) if cache_dir else ""
     result = run_zeroshot(net, preprocess, tokenizer, ds, batch_size, device, dtype, workers=workers,
-                          cache=EmbeddingCache(cache_dir), cache_key=key, progress=progress)
+                          cache=EmbeddingCache(cache_dir), cache_key=key,
+                          model_key=cache_key(identity) if cache_dir else "", progress=progress)
     return {**result["metrics"], "n": result["n"], "classes": result["classes"], "chance": result["chance"]}
 
 

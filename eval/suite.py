@@ -249,7 +249,7 @@ def classification_key(m: LoadedModel, ds: ClassificationSet) -> str:
 def _zeroshot(f: Found, m: LoadedModel, log: Callable) -> tuple[str, str, float, dict]:
     ds = open_classification(f.dataset, f.folder, f.split, log=log)
     result = run_zeroshot(m.model, m.preprocess, m.tokenizer, ds, cache_key=classification_key(m, ds),
-                          **m.encoding())
+                          model_key=cache_key(m.model_id), **m.encoding())
     metric = known()[f.dataset].metric
     return ds.name, metric, _main_value(result["metrics"], metric, f), result
 

@@ -28,6 +28,7 @@ from eval.classification.registry import find_layout, known, open_classification
 from eval.zeroshot import run_zeroshot
 from mmcontrast.errors import UserError
 from tests.layouts import cifar, classes, folders, idx, imagenet, records
+from tests.layouts.suite_root import DATASETS as SUITE_DATASETS
 from tests.layouts.suite_root import write_suite_root
 from tests.test_classification_names import reference
 
@@ -137,6 +138,22 @@ def test_every_class_is_needed_where_clip_benchmark_names_them(tmp_path):
     folders.write_eurosat(tmp_path)  # the small fixture: 3 of the 10 classes
     with pytest.raises(UserError, match="3 classes.*10 names"):
         open_classification("eurosat", tmp_path, log=lambda line: None)
+
+
+@pytest.mark.parametrize("name", sorted(SUITE_DATASETS))
+def test_every_class_fixtures_read_alike_by_both(name, builder, tmp_path):
+    """The benchmark's writers (every class, ``per_class`` images each): our labels are the writer's and
+    ``build_dataset``'s, on one shared root through the links CLIP_benchmark's CLI is given."""
+    from tests.layouts.suite_root import clip_benchmark_view
+
+    expected = write_suite_root(tmp_path / "root", {name: 2})[name]["test"]
+    ds = open_classification(name, tmp_path / "root", log=lambda line: None)
+    assert ds.labels == _listed(expected) and len(set(ds.labels)) == len(ds.classnames)  # every class present
+    template = clip_benchmark_view(tmp_path / "root", tmp_path / "view", [name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = builder.build_dataset(name, root=template.format(dataset=name), split="test", download=False)
+    assert _targets(ref) == ds.labels and list(ref.classes) == ds.classnames
 
 
 @pytest.fixture(scope="module")
