@@ -23,12 +23,14 @@ MAX_MAT_BYTES = 16 * 2**20    # the largest .mat (Stanford Cars cars_train_annos
 MAX_MAT_ELEMENTS = 1_000_000  # per variable; Flowers-102 imagelabels.mat has 8,189
 
 
-def read_bytes(path: Path, limit: int = MAX_LIST_BYTES) -> bytes:
+def read_bytes(path: Path, limit: int = MAX_LIST_BYTES, needed_by: str | None = None) -> bytes:
+    """The file whole, at most ``limit`` bytes; one line naming it (and ``needed_by``) when it cannot be."""
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except FileNotFoundError:
-        raise UserError(f"annotation file not found: {path}") from None
+        raise UserError(f"{path} is missing: {needed_by} needs it" if needed_by
+                        else f"annotation file not found: {path}") from None
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not an annotation file") from None
     except OSError as e:

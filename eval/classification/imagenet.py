@@ -47,6 +47,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from mmcontrast.errors import UserError
 
 from ..sets import ClassificationSet, FileImages, check_classification
+from .folders_files import read_bytes
 from .registry import Layout, register
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: the files ImageFolder (so CLIP_benchmark) counts as images
@@ -107,15 +108,7 @@ def classnames_of(wnids) -> list[str]:
 
 def _read_text(path: Path, what: str) -> str:
     """A small UTF-8 text file, whole; one line naming it when it is missing, too large or not text."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: {what} needs it") from None
-    except OSError as e:
-        raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
-    if len(data) > MAX_TEXT_BYTES:
-        raise UserError(f"{path} is above {MAX_TEXT_BYTES:,} bytes: not {what}'s file")
+    data = read_bytes(path, MAX_TEXT_BYTES, needed_by=what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
