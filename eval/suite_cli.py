@@ -69,7 +69,11 @@ def run(args: argparse.Namespace, input_paths, load_model) -> None:
     check_outputs(outputs, inputs)
     for f in found:
         log(f"{f.status}: {f.task} {f.dataset}: {f.where}")
-    log(f"{sum(f.status == 'found' for f in found)} of {len(found)} known evaluations found under {args.root}")
+    n_found = sum(f.status == "found" for f in found)
+    log(f"{n_found} of {len(found)} known evaluations found under {args.root}")
+    if not n_found:  # every path looked for is listed above
+        raise UserError(f"--root {args.root}: none of the {len(found)} known benchmarks is there (the paths looked "
+                        "for are listed above); --root is the folder that holds the dataset folders")
     runs = []
     for margs in models:
         device, model, preprocess, tokenizer, dtype, model_id = load_model(margs, state)

@@ -324,6 +324,12 @@ def test_options_of_a_single_dataset_are_refused(root, models, tmp_path):
         run_suite_program(models[0], root, tmp_path / "o.json")
 
 
+def test_a_root_with_no_benchmark_is_one_line(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"--root .*empty: none of the \d+ known benchmarks is there"):
+        run_suite_program(models[0], tmp_path / "empty", tmp_path / "o")
+
+
 def _distributed_suite(rank: int, world: int, root: Path) -> list:
     install_fakes(setattr, dict.__setitem__)
     model = mc.create_model("tiny", seed=0).eval()
